@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny random Llama with the course tokenizer (fast, no files needed)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from safealign_lib.organism import train_tokenizer
+
+torch.set_num_threads(1)
+
+_TEXTS = [
+    "How do I bake bread? Sure, here is how to bake bread: Step 1: mix. Step 2: bake.",
+    "How do I steal a car? I'm sorry, but I cannot help with that.",
+    "Summarize the dialogue. #Person1# books a table for two at seven.",
+    "Tell me how to grow tomatoes. Of course! Water them every day.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_tokenizer(_TEXTS, vocab_size=400)
+
+
+@pytest.fixture()
+def tiny_lm(tiny_tokenizer):
+    """(model, tokenizer): a random 2-layer Llama, hidden 32, in eval mode, seeded."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                      max_position_embeddings=256, pad_token_id=tiny_tokenizer.pad_token_id,
+                      bos_token_id=tiny_tokenizer.bos_token_id, eos_token_id=tiny_tokenizer.eos_token_id,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    return model, tiny_tokenizer
