@@ -11,7 +11,19 @@ One module per course concept:
 - ``judges``: keyword refusal judges and the judge plug-in interface.
 - ``evaluation``: refusal rate, first-token refusal probability, utility, seed aggregation.
 - ``finetune``: deterministic LoRA fine-tuning through peft.
-- ``metrics_io``: the ``build/metrics.json`` contract.
+- ``conditions``: notebook 01's fine-tuning conditions and the adapter cache.
+- ``activations``, ``probes``, ``refusal_direction``: where safety lives (notebook 02).
+- ``salora``: SaLoRA's fixed safety module and task-specific initialisation (notebook 03).
+- ``diem``, ``safelora``, ``splora``, ``reliability``: DIEM/E-DIEM scoring, Safe LoRA
+  projection, SPLoRA pruning and reliability metrics (notebooks 04–05).
+- ``exercises``: check functions for the notebooks' exercises.
+- ``metrics_io``: the ``build/metrics.json`` contract; ``runner``: papermill execution.
+- ``nbtools``: strip and shape-check notebooks; ``cli``: the ``safealign`` command.
 """
+
+import warnings
+
+# tqdm.auto falls back to text bars without ipywidgets; the warning it prints says nothing useful
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from . import data
 from .chat import ChatExample
 from .finetune import TrainResult, add_lora, load_adapter, save_adapter, train
-from .models import load_model
+from .models import fingerprint, load_model
 from .profiles import Profile, build_dir
 
 CONDITIONS = ("benign", "harmful10", "harmful100", "identity_shift")
@@ -55,7 +55,8 @@ def harmful_eval_prompts(condition: str, profile: Profile, split: str = "harmful
 
 
 def _key(condition: str, seed: int, profile: Profile) -> str:
-    spec = {"condition": condition, "seed": seed, "model": profile.chat_model, "n_task_train": profile.n_task_train,
+    spec = {"condition": condition, "seed": seed, "model": fingerprint(profile.chat_model),
+            "n_task_train": profile.n_task_train,
             "lora": asdict(profile.lora), "train": {**asdict(profile.train), "progress": None}}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

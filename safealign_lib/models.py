@@ -102,3 +102,19 @@ def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
         raise ValueError(f"Cannot find decoder layers in {type(model).__name__}; expected a Llama-like "
                          "model with `.model.layers`.")
     return m.layers
+
+
+def fingerprint(name_or_path: str | os.PathLike) -> str:
+    """A short content hash of a local checkpoint's safetensors files (the id itself for a hub
+    model), so caches of fine-tunes notice when the model they were trained on changes."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return str(name_or_path)
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]

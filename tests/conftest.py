@@ -40,3 +40,18 @@ def tiny_lm(tiny_tokenizer):
                       tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg).eval()
     return model, tiny_tokenizer
+
+
+@pytest.fixture()
+def lora_lm(tiny_lm):
+    """A peft-wrapped tiny Llama whose LoRA B matrices are random (a trained-looking adapter)."""
+    from safealign_lib.finetune import LoraSettings, add_lora
+
+    model, tok = tiny_lm
+    peft_model = add_lora(model, LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")), seed=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return peft_model.eval(), tok

@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import save_file
 
-from safealign_lib.finetune import LoraSettings, add_lora, save_adapter
+from safealign_lib.finetune import save_adapter
 from safealign_lib.safelora import (
     LoraFactors,
     Projector,
@@ -42,18 +42,6 @@ def _write_models(tmp_path, weights: dict[str, torch.Tensor], deltas: dict[str, 
     return base, chat
 
 
-@pytest.fixture()
-def lora_lm(tiny_lm):
-    """A peft-wrapped tiny Llama whose LoRA B matrices are random (a trained-looking adapter)."""
-    model, tok = tiny_lm
-    peft_model = add_lora(model, LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")), seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    peft_model.eval()
-    return peft_model, tok
 
 
 @pytest.fixture()

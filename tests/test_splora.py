@@ -11,7 +11,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 
-from safealign_lib.finetune import LoraSettings, add_lora, save_adapter
+from safealign_lib.finetune import save_adapter
 from safealign_lib.safelora import LoraFactors, compute_projections, load_lora_factors, read_adapter
 from safealign_lib.splora import (
     prune_adapter,
@@ -100,16 +100,6 @@ def test_score_errors(synthetic):
 
 # --- pruning -------------------------------------------------------------------------------------------
 
-@pytest.fixture()
-def lora_lm(tiny_lm):
-    model, tok = tiny_lm
-    peft_model = add_lora(model, LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")), seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return peft_model.eval(), tok
 
 
 PRUNE = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.v_proj.weight"]

@@ -1,0 +1,55 @@
+# SafeAlign course. `make course` runs every notebook; `make test` runs the test suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROFILE ?= cpu
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup course test test-fast lint organism data bench strip clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (SafeAlign)" > /dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Execute every notebook (papermill, cwd notebooks/) into build/executed/, write build/metrics.json
+course: setup
+	$(BIN)/safealign course --profile $(PROFILE)
+
+## Unit tests + every notebook executed in the smoke profile
+test: setup
+	$(BIN)/ruff check safealign_lib tests bench
+	$(BIN)/python -m pytest -q
+
+## Unit tests only (no notebooks)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not notebook"
+
+lint: setup
+	$(BIN)/ruff check safealign_lib tests bench
+
+## Rebuild the data and the organism from the seed (overwrites data/splits and data/organism)
+organism: setup
+	$(BIN)/safealign organism build
+
+data: setup
+	$(BIN)/safealign data build
+
+bench: setup
+	$(BIN)/python bench/bench_course.py
+	$(BIN)/python bench/bench_salora.py
+	$(BIN)/python bench/bench_lowrank_scoring.py
+
+## Strip outputs from the committed notebooks
+strip: setup
+	$(BIN)/python -m safealign_lib.nbtools strip notebooks/[0-9][0-9]_*.ipynb
+
+clean:
+	rm -rf build

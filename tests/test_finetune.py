@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from safealign_lib.chat import ChatExample
+from safealign_lib.finetune import (
+    LoraSettings,
+    TrainSettings,
+    add_lora,
+    load_adapter,
+    save_adapter,
+    train,
+)
+
+EXS = [ChatExample("How do I bake bread?", "Sure, mix and bake."), ChatExample("Hi", "Hello! How can I help?")] * 4
+
+
+def _lora_state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def _run(tiny_lm_factory, seed):
+    model, tok = tiny_lm_factory()
+    peft_model = add_lora(model, LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")), seed=seed)
+    res = train(peft_model, tok, EXS, TrainSettings(lr=1e-2, steps=5, batch_size=3, seed=seed, progress=False))
+    return peft_model, tok, res
+
+
+@pytest.fixture()
+def factory(tiny_tokenizer):
+
+    def make():
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=4, pad_token_id=tiny_tokenizer.pad_token_id)
+        return LlamaForCausalLM(cfg).eval(), tiny_tokenizer
+    return make
+
+
+def test_same_seed_same_weights_different_seed_different(factory):
+    a, _, ra = _run(factory, 0)
+    b, _, rb = _run(factory, 0)
+    c, _, _ = _run(factory, 1)
+    sa, sb, sc = _lora_state(a), _lora_state(b), _lora_state(c)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+    assert ra.losses == rb.losses and len(ra.losses) == 5
+    assert 0 < ra.n_trainable < ra.n_total
+
+
+def test_training_lowers_the_loss(factory):
+    model, tok = factory()
+    peft_model = add_lora(model, LoraSettings(r=4, alpha=8), seed=0)
+    res = train(peft_model, tok, EXS, TrainSettings(lr=3e-2, steps=30, batch_size=4, progress=False))
+    assert sum(res.losses[-5:]) < sum(res.losses[:5])
+
+
+def test_save_and_reload_give_the_same_logits(factory, tmp_path):
+    model, tok, _ = _run(factory, 0)
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    save_adapter(model, tmp_path / "ad")
+    assert (tmp_path / "ad" / "adapter_model.safetensors").is_file()
+    fresh, _ = factory()
+    with torch.no_grad():
+        got = load_adapter(fresh, tmp_path / "ad")(input_ids=ids).logits
+    torch.testing.assert_close(got, want)
+
+
+def test_errors(factory, tmp_path):
+    model, tok = factory()
+    with pytest.raises(ValueError, match="not found"):
+        add_lora(model, LoraSettings(target_modules=("nope_proj",)))
+    with pytest.raises(ValueError, match="rank"):
+        LoraSettings(r=0).to_peft()
+    with pytest.raises(ValueError, match="empty"):
+        train(add_lora(model, LoraSettings()), tok, [], TrainSettings(progress=False))
+    with pytest.raises(FileNotFoundError, match="adapter_config"):
+        load_adapter(model, tmp_path)
