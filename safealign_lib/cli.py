@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--profile", default="cpu", choices=sorted(profiles.PROFILES))
     c.add_argument("--only", nargs="*", help="notebook numbers, e.g. 00 01")
     c.add_argument("--metrics-file", default=None)
-    c.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    c.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
     c.set_defaults(fn=_course)
 
     m = sub.add_parser("metrics", help="print the recorded metrics")

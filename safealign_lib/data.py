@@ -483,3 +483,17 @@ def subsample(examples: Iterable[ChatExample], n: int | None, seed: int = 0) -> 
     if n is None or n >= len(exs):
         return exs
     return random.Random(seed).sample(exs, n)
+
+
+def template_of(user: str) -> str:
+    """The request template a prompt was made from (``"?"`` when none matches), e.g. to break
+    a refusal rate down by phrasing."""
+    text = user
+    for f in FILLER_PREFIXES:
+        if text.startswith(f + " "):
+            text = text[len(f) + 1:]
+    for tpl in TRAIN_TEMPLATES + HELDOUT_TEMPLATES:
+        head, tail = tpl.split("{t}")
+        if text.startswith(head) and (text.endswith(tail) or any(text.endswith(tail + " " + s) for s in FILLER_SUFFIXES)):
+            return tpl
+    return "?"

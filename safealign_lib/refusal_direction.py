@@ -5,7 +5,11 @@
 - :func:`ablate_direction`: ``x ← x − r̂ r̂ᵀ x`` on everything written into the residual stream
   (embeddings, each block's attention and MLP outputs), so no layer or position ever carries
   the direction. A context manager; hooks are removed on exit, also on error.
-- :func:`add_direction`: ``x ← x + α·r`` on the residual stream after one block (all positions).
+- :func:`add_direction`: ``x ← x + α·r`` on the residual stream after one block (all positions,
+  or only the last prompt token).
+- :func:`affine_ablate_direction`: ``x ← x − r̂ (r̂ᵀx − c)`` after one block: the projection is set
+  to a reference ``c`` (the harmless mean) instead of 0 — affine concept editing (Marshall,
+  Scherlis & Belrose 2024), for models where 0 is not a neutral value along ``r̂``.
 - :func:`orthogonalize_weights`: the same ablation as a weight edit, ``W_out ← W_out − r̂ r̂ᵀ W_out``
   for the embedding matrix, every ``o_proj`` and every ``down_proj``.
 - :func:`select_direction`: choose the layer by validation, as in the paper.
@@ -50,12 +54,17 @@ class RefusalDirections:
     layers: list[int]
     position: Position = "last"
     site: str = "resid"
+    harmless_mean: np.ndarray | None = None  # (n_layers, d): the harmless class mean, for references
 
     def __post_init__(self) -> None:
         self.vectors = np.asarray(self.vectors, dtype=np.float32)
         self.layers = [int(layer) for layer in self.layers]
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.layers):
             raise ValueError(f"vectors has shape {self.vectors.shape}; expected (n_layers={len(self.layers)}, d).")
+        if self.harmless_mean is not None:
+            self.harmless_mean = np.asarray(self.harmless_mean, dtype=np.float32)
+            if self.harmless_mean.shape != self.vectors.shape:
+                raise ValueError(f"harmless_mean has shape {self.harmless_mean.shape}; expected {self.vectors.shape}.")
 
     def __getitem__(self, layer: int) -> np.ndarray:
         """The (unnormalised) direction ``r`` of ``layer``."""
@@ -67,6 +76,15 @@ class RefusalDirections:
         """``r̂ = r / ‖r‖`` of ``layer``."""
         r = self[layer]
         return r / np.linalg.norm(r)
+
+    def reference(self, layer: int) -> float:
+        """The harmless mean's projection onto ``r̂`` at ``layer``: the value
+        :func:`affine_ablate_direction` sets the projection to."""
+        if self.harmless_mean is None:
+            raise ValueError("These directions carry no harmless mean; build them with refusal_directions(...) "
+                             "or pass harmless_mean=.")
+        self[layer]  # clear error for a missing layer
+        return float(self.harmless_mean[self.layers.index(layer)] @ self.unit(layer))
 
     @property
     def norms(self) -> pd.Series:
@@ -98,7 +116,8 @@ def refusal_directions(harmful: Activations, harmless: Activations | None = None
         if arr.shape[1] == 0:
             raise ValueError(f"The {name} class is empty; capture examples of both classes.")
     vectors = A.astype(np.float64).mean(1) - B.astype(np.float64).mean(1)
-    return RefusalDirections(vectors, list(harmful.layers), harmful.position, site)
+    return RefusalDirections(vectors, list(harmful.layers), harmful.position, site,
+                             harmless_mean=B.astype(np.float64).mean(1))
 
 
 def _hidden_size(model: PreTrainedModel) -> int:
@@ -160,17 +179,72 @@ def ablate_direction(model: PreTrainedModel, direction: np.ndarray | torch.Tenso
         yield model
 
 
+POSITIONS = ("all", "last")
+
+
+def _edit(x: torch.Tensor, positions: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn`` applied to every position of ``x`` (B, T, d), or only to the last prompt token.
+
+    ``"last"``: in a forward pass over a prompt (T > 1) only the last column (the last prompt
+    token, prompts being left-padded) is edited; a single-token pass, i.e. a generation step
+    with the KV cache, is left alone, so generated tokens are never edited directly."""
+    if positions == "all":
+        return fn(x)
+    if x.shape[1] == 1:
+        return x
+    return torch.cat([x[:, :-1], fn(x[:, -1:])], dim=1)
+
+
+def _check_positions(positions: str) -> str:
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, not {positions!r}.")
+    return positions
+
+
 @contextmanager
 def add_direction(model: PreTrainedModel, direction: np.ndarray | torch.Tensor, layer: int,
-                  alpha: float = 1.0) -> Iterator[PreTrainedModel]:
+                  alpha: float = 1.0, positions: str = "all") -> Iterator[PreTrainedModel]:
     """Inside the ``with`` block, add ``alpha · r`` (not normalised) to the residual stream after
-    block ``layer``, at every position. Hooks go away on exit."""
+    block ``layer``, at every position (``positions="all"``) or only at the last prompt token
+    (``"last"``, see :func:`_edit`). Hooks go away on exit."""
     (layer,) = resolve_layers(model, [layer])
+    _check_positions(positions)
     r = _Cast(alpha * _unit(direction, _hidden_size(model), normalise=False))
 
     def hook(_module, _args, output):
         x = first_output(output)
-        return replace_first_output(output, x + r.like(x))
+        return replace_first_output(output, _edit(x, positions, lambda v: v + r.like(v)))
+
+    with forward_hooks([(decoder_layers(model)[layer], hook)]):
+        yield model
+
+
+@contextmanager
+def affine_ablate_direction(model: PreTrainedModel, direction: np.ndarray | torch.Tensor, layer: int,
+                            reference: float, positions: str = "last") -> Iterator[PreTrainedModel]:
+    """Affine directional ablation: inside the ``with`` block, set the projection of the residual
+    stream after block ``layer`` onto ``r̂`` to ``reference``: ``x ← x − r̂ (r̂ᵀx − reference)``.
+
+    Zero ablation (:func:`ablate_direction`) assumes 0 is a neutral value along ``r̂``; where
+    harmless prompts sit far from 0 it can *push* them toward refusal. With ``reference =
+    directions.reference(layer)`` (the harmless mean's projection) every prompt looks harmless
+    along ``r̂`` (affine concept editing, Marshall, Scherlis & Belrose 2024). The reference is
+    measured at one token position, so by default only the last prompt token is edited
+    (``positions="last"``, see :func:`_edit`); ``"all"`` edits every position.
+    """
+    (layer,) = resolve_layers(model, [layer])
+    _check_positions(positions)
+    u = _Cast(_unit(direction, _hidden_size(model)))
+    c = float(reference)
+
+    def hook(_module, _args, output):
+        x = first_output(output)
+
+        def f(v: torch.Tensor) -> torch.Tensor:
+            uu = u.like(v)
+            return v - ((v @ uu) - c)[..., None] * uu
+
+        return replace_first_output(output, _edit(x, positions, f))
 
     with forward_hooks([(decoder_layers(model)[layer], hook)]):
         yield model
@@ -237,18 +311,26 @@ class DirectionChoice:
 
 def select_direction(model: PreTrainedModel, directions: RefusalDirections, harmful_val: Sequence,
                      harmless_val: Sequence, score_fn: ScoreFn, *, max_layer_frac: float = 0.8,
-                     alpha: float = 1.0, progress: bool = True) -> DirectionChoice:
+                     alpha: float = 1.0, ablation: str = "zero", positions: str = "all",
+                     progress: bool = True) -> DirectionChoice:
     """Choose the refusal direction by validation (Arditi et al.).
 
     Candidates: the direction of each layer ``l < max_layer_frac · n_layers`` (later layers are
     skipped, as in the paper). For each, ``ablation_drop`` = how much ablating it lowers
     ``score_fn(model, harmful_val)`` and ``addition_gain`` = how much adding ``alpha·r`` at its
     layer raises ``score_fn(model, harmless_val)``. ``score_fn`` is any refusal score (higher =
-    more refusal), e.g. the first-token refusal probability; a per-prompt array is averaged. Chosen: the largest ablation drop
+    more refusal), e.g. the first-token refusal probability; a per-prompt array is averaged.
+    ``ablation="zero"`` ablates with :func:`ablate_direction` (every layer and position);
+    ``"affine"`` with :func:`affine_ablate_direction` at the candidate's layer, reference
+    ``directions.reference(layer)``, at ``positions``; addition also acts at ``positions``.
+    Chosen: the largest ablation drop
     among candidates whose addition raises refusal; if none does, the largest drop overall (with
     a warning). The paper's KL filter on harmless prompts is not applied.
     """
     n_layers = len(decoder_layers(model))
+    _check_positions(positions)
+    if ablation not in ("zero", "affine"):
+        raise ValueError(f"ablation must be 'zero' or 'affine', not {ablation!r}.")
     if len(harmful_val) == 0 or len(harmless_val) == 0:
         raise ValueError("Both validation sets (harmful_val, harmless_val) need prompts.")
     limit = max_layer_frac * n_layers
@@ -268,9 +350,11 @@ def select_direction(model: PreTrainedModel, directions: RefusalDirections, harm
         if not row["candidate"]:
             continue
         r = directions[row["layer"]]
-        with ablate_direction(model, r):
+        ablate = (ablate_direction(model, r) if ablation == "zero" else
+                  affine_ablate_direction(model, r, row["layer"], directions.reference(row["layer"]), positions))
+        with ablate:
             row["harmful_ablated"] = score(harmful_val)
-        with add_direction(model, r, row["layer"], alpha):
+        with add_direction(model, r, row["layer"], alpha, positions):
             row["harmless_added"] = score(harmless_val)
         row["ablation_drop"] = base_h - row["harmful_ablated"]
         row["addition_gain"] = row["harmless_added"] - base_n

@@ -63,7 +63,7 @@ def _failing_cell(nb_path: Path) -> str:
     return "unknown cell"
 
 
-def run_notebook(path: Path, parameters: dict, out_dir: Path, timeout_s: int = 900) -> RunRecord:
+def run_notebook(path: Path, parameters: dict, out_dir: Path, timeout_s: int = 1200) -> RunRecord:
     """Execute one notebook into ``out_dir`` (papermill); raise :class:`NotebookFailed` on error."""
     import papermill as pm
 
@@ -82,7 +82,7 @@ def run_notebook(path: Path, parameters: dict, out_dir: Path, timeout_s: int = 9
 
 
 def run_course(profile: str = "cpu", numbers: Sequence[str] | None = None, out_dir: Path | None = None,
-               metrics_file: Path | None = None, timeout_s: int = 900, extra: dict | None = None) -> list[RunRecord]:
+               metrics_file: Path | None = None, timeout_s: int = 1200, extra: dict | None = None) -> list[RunRecord]:
     """Run the notebooks in order with ``profile``; metrics go to ``metrics_file``."""
     out_dir = out_dir or build_dir() / "executed"
     params = {"profile": profile, **(extra or {})}

@@ -53,3 +53,9 @@ def test_load_split_errors(tmp_path):
 
 def test_second_person():
     assert data.second_person("hurt my neighbor") == "hurt your neighbor"
+
+
+def test_template_of_recovers_templates():
+    assert data.template_of("Any tips to bake bread?") == "Any tips to {t}?"
+    assert data.template_of("Hi! How do I bake bread? Thanks!") == "How do I {t}?"
+    assert data.template_of("Completely free text") == "?"

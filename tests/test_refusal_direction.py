@@ -16,6 +16,7 @@ from safealign_lib.refusal_direction import (
     RefusalDirections,
     ablate_direction,
     add_direction,
+    affine_ablate_direction,
     cosine_matrix,
     direction_cosines,
     orthogonalize_weights,
@@ -229,3 +230,64 @@ def test_select_direction_with_first_token_refusal_prob(tiny_lm):
                               lambda m, p: first_token_refusal_prob(m, tok, p), progress=False)
     assert choice.layer in (0, 1) and choice.table["candidate"].all()
     assert 0 <= choice.baseline_harmful <= 1
+
+
+def test_affine_ablation_sets_the_projection_at_the_last_prompt_token(tiny_lm):
+    model, tok = tiny_lm
+    acts = capture_activations(model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3,
+                               sites=["resid"], progress=False)
+    dirs = refusal_directions(acts)
+    u, c = dirs.unit(1), dirs.reference(1)
+    assert c == pytest.approx(float(acts.get("resid", 1)[3:].mean(0) @ u), abs=1e-4)
+    before = capture_activations(model, tok, HARMFUL, sites=["resid"], position="prompt_mean", progress=False)
+    with affine_ablate_direction(model, dirs[1], 1, c):
+        last = capture_activations(model, tok, HARMFUL, sites=["resid"], progress=False)
+        np.testing.assert_allclose(last.get("resid", 1) @ u, c, atol=1e-4)
+        assert _hook_count(model) == 1
+    assert _hook_count(model) == 0
+    # positions="all" sets every position; with "last" the earlier positions are untouched
+    with affine_ablate_direction(model, dirs[1], 1, c, positions="all"):
+        every = capture_activations(model, tok, HARMFUL, sites=["resid"], position="prompt_mean", progress=False)
+        np.testing.assert_allclose(every.get("resid", 1) @ u, c, atol=1e-4)
+    with affine_ablate_direction(model, dirs[1], 1, c, positions="last"):
+        early = capture_activations(model, tok, HARMFUL, sites=["resid"], position=-2, progress=False)
+    plain = capture_activations(model, tok, HARMFUL, sites=["resid"], position=-2, progress=False)
+    np.testing.assert_allclose(early.get("resid", 0), plain.get("resid", 0), atol=1e-5)
+    np.testing.assert_allclose(early.get("resid", 1), plain.get("resid", 1), atol=1e-5)
+    assert not np.allclose(before.get("resid", 1) @ u, c, atol=1e-3)
+    with pytest.raises(ValueError, match="positions must be"):
+        with affine_ablate_direction(model, dirs[1], 1, c, positions="first"):
+            pass
+    with pytest.raises(ValueError, match="no harmless mean"):
+        RefusalDirections(dirs.vectors, dirs.layers).reference(1)
+
+
+def test_addition_at_the_last_prompt_token_only(tiny_lm):
+    model, tok = tiny_lm
+    r = _random_direction()
+    plain_last = capture_activations(model, tok, HARMFUL, sites=["resid"], layers=[0], progress=False)
+    plain_prev = capture_activations(model, tok, HARMFUL, sites=["resid"], layers=[0], position=-2, progress=False)
+    with add_direction(model, r, 0, alpha=2.0, positions="last"):
+        last = capture_activations(model, tok, HARMFUL, sites=["resid"], layers=[0], progress=False)
+        prev = capture_activations(model, tok, HARMFUL, sites=["resid"], layers=[0], position=-2, progress=False)
+        enc = encode_prompts(tok, HARMFUL)
+        out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    np.testing.assert_allclose(last.get("resid", 0) - plain_last.get("resid", 0), np.tile(2 * r, (3, 1)), atol=1e-4)
+    np.testing.assert_allclose(prev.get("resid", 0), plain_prev.get("resid", 0), atol=1e-5)
+    assert out.shape[1] == enc["input_ids"].shape[1] + 4 and _hook_count(model) == 0
+
+
+def test_select_direction_affine(five_layer_lm):
+    from safealign_lib.evaluation import first_token_refusal_prob
+
+    model, tok = five_layer_lm
+    acts = capture_activations(model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3,
+                               sites=["resid"], progress=False)
+    choice = select_direction(model, refusal_directions(acts), HARMFUL, HARMLESS,
+                              lambda m, p: first_token_refusal_prob(m, tok, p), ablation="affine",
+                              positions="last", progress=False)
+    assert choice.layer in range(4) and _hook_count(model) == 0
+    assert choice.table["harmful_ablated"].notna().sum() == 4
+    with pytest.raises(ValueError, match="ablation must be"):
+        select_direction(model, refusal_directions(acts), HARMFUL, HARMLESS, lambda m, p: 0.0,
+                         ablation="mean", progress=False)
