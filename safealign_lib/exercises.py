@@ -213,3 +213,73 @@ def check_auarc(fn: Callable) -> bool:
                 hint = " (that is the curve of the *least* certain answers first: sort by increasing uncertainty)"
             return _report("AUARC", False, f"N={len(u)}: got {got:.4f}, expected {want:.4f}{hint}")
     return _report("AUARC", True, "agrees with safealign_lib.reliability.auarc")
+
+
+# --- notebook 03: SaLoRA's safety module -------------------------------------------------------
+
+def _safety_module_cases() -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(W (d_out, d_in), X (n_tokens, d_in), r_s): W·Xᵀ with a clear spectral gap after r_s, and
+    features with a large common offset (as real activations have), so that centring them
+    changes the answer."""
+    g = torch.Generator().manual_seed(3)
+    cases = []
+    for d_out, d_in, n, r_s in ((10, 8, 40, 3), (12, 12, 30, 4), (6, 9, 25, 1)):
+        scales = torch.cat([torch.linspace(16.0, 10.0, r_s), torch.linspace(1.0, 0.2, d_in - r_s)])
+        basis = torch.linalg.qr(torch.randn(d_in, d_in, generator=g, dtype=torch.float64)).Q
+        X = (torch.randn(n, d_in, generator=g, dtype=torch.float64) * scales) @ basis.T
+        X = X + 2.0 * torch.randn(1, d_in, generator=g, dtype=torch.float64)
+        W = torch.randn(d_out, d_in, generator=g, dtype=torch.float64) / d_in ** 0.5
+        cases.append((W, X, r_s))
+    return cases
+
+
+def _projector_onto_complement(M: torch.Tensor, r: int) -> torch.Tensor:
+    U = torch.linalg.svd(M, full_matrices=False).U[:, :r]
+    return torch.eye(M.shape[0], dtype=M.dtype) - U @ U.T
+
+
+def check_safety_module(fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) -> bool:
+    """``fn(W (d_out, d_in), X (n_tokens, d_in) one feature row per token, r_s) -> C (d_out, d_out)``:
+    SaLoRA's fixed safety module C = I - U_C U_Cᵀ, U_C the top-``r_s`` left singular vectors of
+    W·Xᵀ (not centred). Checks the projector properties (symmetric, C·C = C, trace = d_out - r_s)
+    and that C removes exactly the top-r_s output subspace (C·U_C = 0, C·v = v for v ⟂ U_C)."""
+    name = "safety module C"
+    for W, X, r_s in _safety_module_cases():
+        d_out = W.shape[0]
+        where = f"W {tuple(W.shape)}, X {tuple(X.shape)}, r_s={r_s}"
+        try:
+            got = torch.as_tensor(fn(W.float().clone(), X.float().clone(), r_s)).detach().double().cpu()
+        except Exception as err:
+            return _report(name, False, f"raised {type(err).__name__}: {err} ({where})")
+        if got.shape != (d_out, d_out):
+            return _report(name, False, f"shape {tuple(got.shape)}, expected {(d_out, d_out)} ({where}): C acts on "
+                           "the layer's outputs, so it is d_out x d_out (left singular vectors of W·Xᵀ)")
+        if not torch.allclose(got, got.T, atol=1e-4):
+            return _report(name, False, f"C is not symmetric ({where}): an orthogonal projector is I - U Uᵀ "
+                           "with U's columns orthonormal")
+        if not torch.allclose(got @ got, got, atol=1e-4):
+            return _report(name, False, f"C·C != C ({where}): not a projector; build it from orthonormal "
+                           "singular vectors, not from W·Xᵀ itself")
+        U = torch.linalg.svd(W @ X.T, full_matrices=False).U[:, :r_s]
+        rest = torch.eye(d_out, dtype=torch.float64) - U @ U.T
+        trace = float(torch.trace(got))
+        if abs(trace - (d_out - r_s)) > 1e-3:
+            hint = ""
+            if abs(trace - r_s) < 1e-3 and torch.allclose(got, U @ U.T, atol=1e-4):
+                hint = (" (wrong sign: U_C U_Cᵀ keeps only the safety subspace instead of removing it — the bug "
+                        "of SaLoRA's first public commit)")
+            return _report(name, False, f"trace(C) = rank(C) = {trace:.3f}, expected d_out - r_s = {d_out - r_s} "
+                           f"({where}){hint}")
+        if not torch.allclose(got, rest, atol=1e-4):
+            hint = ""
+            Xc = X - X.mean(0, keepdim=True)
+            if torch.allclose(got, _projector_onto_complement(W @ Xc.T, r_s), atol=1e-4):
+                hint = " (do not centre the features: SaLoRA uses the SVD of W·X as it is)"
+            elif W.shape[0] == W.shape[1] and torch.allclose(got, _projector_onto_complement(X.T, r_s), atol=1e-4):
+                hint = " (that is the subspace of the inputs X; C protects the layer's outputs W·X)"
+            elif torch.allclose(got, _projector_onto_complement(W, r_s), atol=1e-4):
+                hint = " (that is the top subspace of W alone; weight it by the safety features: W·Xᵀ)"
+            err = float((got @ U).abs().max())
+            return _report(name, False, f"C does not remove the top-{r_s} output subspace of W·Xᵀ: "
+                           f"max |C·U_C| = {err:.3f} ({where}){hint}")
+    return _report(name, True, "symmetric, idempotent, rank d_out - r_s, and C·U_C = 0 on every case")

@@ -22,8 +22,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .activations import Activations
+
+
+def _small_fits() -> threadpool_limits:
+    """One BLAS thread for the probes: fits on a few hundred examples gain nothing from threads,
+    and on a busy 2-core machine multithreaded BLAS made them 10-20x slower (spin-waiting)."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def make_probe(C: float = 1.0, max_iter: int = 2000, seed: int = 0) -> Pipeline:
@@ -91,12 +98,25 @@ def probe_accuracy(acts: Activations, *, sites: Sequence[str] | None = None,
     ``split`` is ``(train_idx, test_idx)`` (index arrays or boolean masks); by default a
     stratified split with ``test_size`` and ``seed``. Columns: ``site, layer, acc_heldout,
     cv_mean, cv_sd`` (sd over ``cv`` stratified folds; ``cv=0`` skips cross-validation),
-    ``n_train, n_test``.
+    ``n_train, n_test``. Cross-validation uses the training part only, so ``cv_mean`` can
+    choose a layer without touching the examples ``acc_heldout`` is measured on.
     """
-    y = check_labels(acts, min_per_class=max(2, cv))
+    y = check_labels(acts, min_per_class=2)
     sites, layers = _sites_layers(acts, sites, layers)
     train, test = _resolve_split(y, split, test_size, seed)
+    if cv:
+        small = min(int((y[train] == c).sum()) for c in (0, 1))
+        if small < cv:
+            raise ValueError(f"cv={cv} folds need at least {cv} training examples per class; the smaller "
+                             f"class has {small}. Use fewer folds (or cv=0).")
     folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed) if cv else None
+    with _small_fits():
+        rows = _probe_rows(acts, y, sites, layers, train, test, folds, C, seed)
+    return pd.DataFrame(rows)
+
+
+def _probe_rows(acts: Activations, y: np.ndarray, sites: list[str], layers: list[int], train: np.ndarray,
+                test: np.ndarray, folds: StratifiedKFold | None, C: float, seed: int) -> list[dict]:
     rows = []
     for s in sites:
         for layer in layers:
@@ -104,12 +124,12 @@ def probe_accuracy(acts: Activations, *, sites: Sequence[str] | None = None,
             probe = make_probe(C, seed=seed).fit(X[train], y[train])
             row = {"site": s, "layer": layer, "acc_heldout": float(probe.score(X[test], y[test]))}
             if folds is not None:
-                scores = cross_val_score(make_probe(C, seed=seed), X, y, cv=folds)
+                scores = cross_val_score(make_probe(C, seed=seed), X[train], y[train], cv=folds)
                 row.update(cv_mean=float(scores.mean()), cv_sd=float(scores.std(ddof=1)))
             else:
                 row.update(cv_mean=np.nan, cv_sd=np.nan)
             rows.append({**row, "n_train": len(train), "n_test": len(test)})
-    return pd.DataFrame(rows)
+    return rows
 
 
 @dataclass
@@ -133,8 +153,9 @@ class ProbeSet:
             if X.shape[1] != self.dims[s]:
                 raise ValueError(f"Site {s!r} features have width {X.shape[1]}, but the probes were fit "
                                  f"on width {self.dims[s]}: apply probes to the same model family.")
-            rows.append({"site": s, "layer": layer, "accuracy": float(probe.score(X[idx], y[idx])),
-                         "n": len(idx)})
+            with _small_fits():
+                acc = float(probe.score(X[idx], y[idx]))
+            rows.append({"site": s, "layer": layer, "accuracy": acc, "n": len(idx)})
         return pd.DataFrame(rows)
 
 
@@ -149,8 +170,9 @@ def fit_probes(acts: Activations, *, sites: Sequence[str] | None = None,
         idx = np.flatnonzero(idx)
     if len(np.unique(y[idx])) < 2:
         raise ValueError("The probe training examples hold a single class; include both classes.")
-    probes = {(s, layer): make_probe(C, seed=seed).fit(acts.get(s, layer)[idx], y[idx])
-              for s in sites for layer in layers}
+    with _small_fits():
+        probes = {(s, layer): make_probe(C, seed=seed).fit(acts.get(s, layer)[idx], y[idx])
+                  for s in sites for layer in layers}
     return ProbeSet(probes, {s: acts.site(s).shape[2] for s in sites})
 
 

@@ -96,3 +96,18 @@ def test_end_to_end_on_a_tiny_model(tiny_lm):
     assert len(df) == 6 and df["acc_heldout"].between(0, 1).all()
     tr = probe_transfer(acts, acts, test_size=0.5)
     np.testing.assert_allclose(tr["acc_source"], tr["acc_target"])
+
+
+def test_cross_validation_uses_the_training_part_only():
+    acts = _synthetic()
+    train, test = split_indices(acts.labels, test_size=0.5, seed=1)
+    a = probe_accuracy(acts, split=(train, test), cv=4, sites=["resid"], layers=[1])
+    scrambled = _synthetic()
+    scrambled.features["resid"][:, test] = np.random.default_rng(9).normal(size=scrambled.features["resid"][:, test].shape)
+    b = probe_accuracy(scrambled, split=(train, test), cv=4, sites=["resid"], layers=[1])
+    assert a.loc[0, "cv_mean"] == b.loc[0, "cv_mean"] and a.loc[0, "cv_sd"] == b.loc[0, "cv_sd"]
+    assert b.loc[0, "acc_heldout"] < a.loc[0, "acc_heldout"]  # only the held-out score sees the test part
+    few = np.concatenate([np.flatnonzero(acts.labels == c)[:3] for c in (0, 1)])
+    rest = np.setdiff1d(np.arange(len(acts.labels)), few)
+    with pytest.raises(ValueError, match="folds need"):
+        probe_accuracy(acts, split=(few, rest), cv=4)
