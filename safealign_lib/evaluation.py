@@ -130,12 +130,6 @@ def utility_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exa
     return df
 
 
-def mean_sd(df: pd.DataFrame, by: str | list[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """Mean, sd and count of ``metrics`` per group (e.g. per condition over seeds)."""
-    g = df.groupby(by, sort=False)[list(metrics)].agg(["mean", "std", "count"])
-    return g
-
-
 def fmt_mean_sd(mean: float, sd: float, digits: int = 2) -> str:
     """'0.42 ± 0.05' (sd shown as 0 for a single seed)."""
     sd = 0.0 if sd != sd else sd  # NaN for one seed
