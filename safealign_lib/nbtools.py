@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from pathlib import Path
@@ -41,8 +42,6 @@ def shape_problems(path: str | Path) -> list[str]:
         problems.append(f"{len(params)} cells tagged 'parameters' (need exactly one)")
     else:
         src = "".join(params[0]["source"])
-        import ast
-
         for node in ast.parse(src).body:
             if not (isinstance(node, ast.Assign) and _is_literal(node.value)):
                 problems.append(f"parameters cell has a non-literal statement: {ast.unparse(node)[:60]}")
@@ -59,9 +58,7 @@ def shape_problems(path: str | Path) -> list[str]:
     return problems
 
 
-def _is_literal(node) -> bool:
-    import ast
-
+def _is_literal(node: ast.AST) -> bool:
     try:
         ast.literal_eval(node)
         return True
