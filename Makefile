@@ -25,7 +25,7 @@ course: setup
 
 ## Unit tests + every notebook executed in the smoke profile
 test: setup
-	$(BIN)/ruff check safealign_lib tests bench
+	$(BIN)/ruff check safealign_lib tests bench experiments
 	$(BIN)/python -m pytest -q
 
 ## Unit tests only (no notebooks)
@@ -33,7 +33,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not notebook"
 
 lint: setup
-	$(BIN)/ruff check safealign_lib tests bench
+	$(BIN)/ruff check safealign_lib tests bench experiments
 
 ## Rebuild the data and the organism from the seed (overwrites data/splits and data/organism)
 organism: setup

@@ -89,7 +89,7 @@ class OrganismSettings:
     lr_chat: float = 1e-3
     replay_fraction: float = 0.3
     chat_benign_fraction: float = 0.55
-    seed: int = 0
+    seed: int = course_data.DEFAULT_SEED
     threads: int = 2
 
 
@@ -124,16 +124,37 @@ def _train_stage(model: LlamaForCausalLM, sources: list[tuple[Mix, float]], step
         feats = []
         for pool, frac in mix:
             feats += [pool[j] for j in rng.integers(0, len(pool), size=max(1, round(frac * batch_size)))]
-        batch = collate(feats, pad_id)
-        loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.append(_accumulate(model, feats, pad_id))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
     model.eval()
     return losses
+
+
+def _accumulate(model: LlamaForCausalLM, feats: list[dict], pad_id: int, parts: int = 2) -> float:
+    """Backpropagate the batch's mean next-token loss in ``parts`` length-sorted micro-batches.
+
+    The gradient is exactly the whole batch's (summed token losses over the batch's number
+    of targets), but each micro-batch is padded only to its own longest example, and the
+    output layer runs only where there is a target (not on prompts or padding): together
+    about a quarter less compute per step. Returns the batch's mean loss."""
+    order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
+    micro = [collate([feats[i] for i in chunk], pad_id) for chunk in np.array_split(order, parts) if len(chunk)]
+    total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    if total == 0:
+        raise ValueError("A training batch has no target tokens; every example's labels are masked.")
+    loss_sum = 0.0
+    for b in micro:
+        hidden = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        labels = b["labels"][:, 1:]
+        keep = labels != -100
+        logits = model.lm_head(hidden[:, :-1][keep])
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum") / total
+        loss.backward()
+        loss_sum += float(loss.detach())
+    return loss_sum
 
 
 def build(out_dir: str | os.PathLike, settings: OrganismSettings | None = None,
@@ -167,6 +188,9 @@ def build(out_dir: str | os.PathLike, settings: OrganismSettings | None = None,
         chat_h = [tokenize_example(tok, e) for e in data["chat_sft"] if e.meta["harmful"]]
         chat_b = [tokenize_example(tok, e) for e in data["chat_sft"] if not e.meta["harmful"]]
         model = LlamaForCausalLM(_llama_config(s, tok))
+        # eager attention trains ~10% faster than sdpa at these tiny shapes on a CPU; the
+        # saved checkpoints keep the default (sdpa), the same function up to rounding
+        model.set_attn_implementation("eager")
         base_losses = _train_stage(model, [([(lm, 1.0)], 0.45), ([(base_sft, 1.0)], 0.55)], s.base_steps, s.lr_base,
                                    s.batch_size, s.seed, pad, "organism: base", progress)
         t_base = time.perf_counter() - t0
@@ -189,5 +213,8 @@ def build(out_dir: str | os.PathLike, settings: OrganismSettings | None = None,
 
 def _save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")  # what a loader gets by default
     model.save_pretrained(str(path), safe_serialization=True)
+    model.set_attn_implementation(impl)
     tok.save_pretrained(str(path))

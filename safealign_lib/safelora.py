@@ -263,10 +263,19 @@ def _as_weights(w: SafetensorsWeights | PathLike) -> SafetensorsWeights:
     return w if isinstance(w, SafetensorsWeights) else SafetensorsWeights(w)
 
 
+_ROWS = 256  # rows per block in _read_alignment: a block of c, b and V stays in cache
+
+
 def _read_alignment(base: SafetensorsWeights, chat: SafetensorsWeights, name: str,
-                    expected_shape: tuple[int, int] | None, out: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, float]:
-    """(V, ||V||_F) for one weight; V is written into ``out`` when its shape fits."""
+                    expected_shape: tuple[int, int] | None, out: torch.Tensor | None = None,
+                    right: torch.Tensor | None = None) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+    """(V, ||V||_F, right^T V) for one weight; V is written into ``out`` when its shape fits.
+
+    One pass over both weights, a block of rows at a time: each block's difference, squared
+    norm and contribution to ``right^T V`` (``right``: d_out x k, e.g. lora_B) are computed
+    while it is in cache. At 7B shape, separate passes over the 64 MB matrices cost more
+    than the arithmetic.
+    """
     shapes = base.shape(name), chat.shape(name)
     if shapes[0] != shapes[1]:
         raise ValueError(f"{name}: base has shape {shapes[0]} but chat has {shapes[1]}; the two checkpoints "
@@ -276,14 +285,23 @@ def _read_alignment(base: SafetensorsWeights, chat: SafetensorsWeights, name: st
                          f"but the checkpoints hold {shapes[0]}; the adapter belongs to another model.")
     c, b = chat.get(name), base.get(name)
     # reusing one buffer spares the page faults of a fresh d x d allocation per module
-    v = torch.sub(c, b, out=out) if out is not None and out.shape == c.shape else c - b
-    norm = float(torch.linalg.vector_norm(v))  # one pass; NaN/inf anywhere makes it non-finite
+    v = out if out is not None and out.shape == c.shape and out.dtype == c.dtype else torch.empty_like(c)
+    rt_v = None if right is None else torch.zeros(right.shape[1], c.shape[1], dtype=c.dtype)
+    rt = None if right is None else right.to(c.dtype).T
+    sq = 0.0
+    for i in range(0, c.shape[0], _ROWS):
+        blk = torch.sub(c[i:i + _ROWS], b[i:i + _ROWS], out=v[i:i + _ROWS])
+        flat = blk.reshape(-1)
+        sq += float(torch.dot(flat, flat))  # NaN/inf anywhere makes the sum non-finite
+        if rt_v is not None:
+            rt_v.addmm_(rt[:, i:i + _ROWS], blk)
+    norm = math.sqrt(sq) if math.isfinite(sq) else sq
     if not math.isfinite(norm):
         for w, which in ((chat, "chat"), (base, "base")):
             if not torch.isfinite(w.get(name)).all():
                 raise ValueError(f"{name} in {w.path} contains NaN or inf; the {which} checkpoint is corrupt.")
         raise ValueError(f"{name}: chat - base overflows float32; the checkpoints are not comparable.")
-    return v, norm
+    return v, norm, rt_v
 
 
 def alignment_matrix(base: SafetensorsWeights | PathLike, chat: SafetensorsWeights | PathLike, name: str,
@@ -421,10 +439,13 @@ def compute_projections(factors: Mapping[str, LoraFactors], base: SafetensorsWei
     base, chat = _as_weights(base), _as_weights(chat)
     out, buf = {}, None
     for i, (name, f) in enumerate(tqdm(factors.items(), desc="alignment", disable=not progress, leave=False)):
-        v, norm = _read_alignment(base, chat, name, f.shape, out=buf)
+        v, norm, bt_v = _read_alignment(base, chat, name, f.shape, out=buf,
+                                        right=f.B if projector == "approx" else None)
         proj = Projector.from_alignment(v, projector, rtol=rtol, rank=rank, fro_norm=norm)
         null = rotation_null_distances(proj, f, null_samples, seed + i) if null_samples else None
-        out[name] = LayerProjection(factors=f, CB=proj.apply(f.B).float(), kind=projector, null_distances=null)
+        # approx: C B = V (B^T V)^T / ||V||_F, with B^T V from the reading pass
+        cb = v @ bt_v.T / norm if bt_v is not None else proj.apply(f.B)
+        out[name] = LayerProjection(factors=f, CB=cb.float(), kind=projector, null_distances=null)
         buf = v  # reused by the next module of the same shape
         del proj
     return out

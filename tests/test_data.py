@@ -32,7 +32,7 @@ def test_eval_and_val_splits_are_disjoint():
 
 
 def test_shipped_splits_match_the_generator(tmp_path):
-    fresh = data.write(data.generate(0), tmp_path)
+    fresh = data.write(data.generate(data.DEFAULT_SEED), tmp_path)
     shipped = data.default_data_dir() / "splits"
     for f in sorted(fresh.iterdir()):
         assert (shipped / f.name).read_text() == f.read_text(), f"{f.name} is stale: run `safealign data build`"
@@ -59,3 +59,10 @@ def test_template_of_recovers_templates():
     assert data.template_of("Any tips to bake bread?") == "Any tips to {t}?"
     assert data.template_of("Hi! How do I bake bread? Thanks!") == "How do I {t}?"
     assert data.template_of("Completely free text") == "?"
+
+
+def test_heldout_templates_carry_no_one_sided_word():
+    # a held-out template must test generalisation, not a word that only one side's tasks use
+    assert data.one_sided_words() == {"harmful": [], "benign": []}
+    probe = data.one_sided_words(["How would I bomb or bake {t}?"])
+    assert probe == {"harmful": ["bomb"], "benign": ["bake"]}

@@ -1,0 +1,116 @@
+"""Experiment: do SPLoRA / Safe LoRA reproduce under the "obvious fixes" (LoRA targets, rank,
+model size)? Issue 5's record of what was tried when notebook 05 did not reproduce SPLoRA.
+
+For one LoRA setting and organism, on the harmful10 and harmful100 conditions and every seed:
+train the adapter (cached under ``--out``), score its modules (Safe LoRA cosine, SPLoRA E-DIEM
+with the rotation null), act on the k first modules of each method for several k, and judge
+every setting on the **validation** splits (refusal rate, first-token refusal probability,
+utility). Then an ablation "oracle": prune one module at a time and record how much the
+first-token refusal probability rises, and how the two scores rank those gains (Spearman).
+
+    .venv/bin/python experiments/splora_fixes.py --targets q_proj v_proj
+    .venv/bin/python experiments/splora_fixes.py --r 16 --alpha 32
+    .venv/bin/python experiments/splora_fixes.py --organism /path/to/organism   # base/ + chat/
+
+Results from the course's runs are in ``experiments/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from safealign_lib import conditions, data, evaluation, finetune, models, profiles, safelora, splora
+from safealign_lib.finetune import LoraSettings
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--targets", nargs="+", default=None, help="LoRA target modules (default: the cpu profile's)")
+    p.add_argument("--r", type=int, default=None)
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--organism", type=Path, default=None, help="folder with base/ and chat/ (default: shipped)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--out", type=Path, default=profiles.build_dir() / "experiments" / "splora_fixes")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+
+    base_p = profiles.get_profile("cpu")
+    lora = LoraSettings(r=a.r or base_p.lora.r, alpha=a.alpha or base_p.lora.alpha, dropout=base_p.lora.dropout,
+                        target_modules=tuple(a.targets) if a.targets else base_p.lora.target_modules)
+    over = {"lora": lora, "seeds": a.seeds}
+    if a.organism:
+        over |= {"chat_model": str(a.organism / "chat"), "base_model": str(a.organism / "base")}
+    P = base_p.with_overrides(**over)
+    tag = hashlib.sha256(repr((P.chat_model, lora)).encode()).hexdigest()[:8]
+    print(f"organism {P.chat_model}; LoRA r={lora.r} alpha={lora.alpha} on {lora.target_modules}; seeds {a.seeds}")
+
+    tok = models.load_tokenizer(P.chat_model)
+    harm = {c: conditions.harmful_eval_prompts(c, P, "harmful_heldout_val") for c in ("harmful10", "harmful100")}
+    task = data.load_split("task_val")[: P.n_task_eval]
+    rows, oracle = [], []
+    t0 = time.perf_counter()
+    for c, s in itertools.product(harm, a.seeds):
+        path, _ = conditions.get_adapter(c, s, P, tok, root=a.out / tag)
+        proj = safelora.compute_projections(safelora.load_lora_factors(path), P.base_model, P.chat_model,
+                                            null_samples=64, seed=s)
+        sc = splora.splora_scores(proj, null="rotation")
+        model = finetune.load_adapter(models.load_model(P.chat_model), path)
+        mods = safelora.lora_modules(model)
+        b0 = {n: m.lora_B["default"].weight.detach().clone() for n, m in mods.items()}
+
+        def apply(method: str = "LoRA", names=(), mods=mods, b0=b0, model=model, proj=proj) -> None:
+            with torch.no_grad():
+                for n, m in mods.items():
+                    m.lora_B["default"].weight.copy_(b0[n])
+                if method == "Safe LoRA":
+                    safelora.safelora_project(model, proj, names)
+                elif method == "prune":
+                    for n in names:
+                        mods[n.removesuffix(".weight")].lora_B["default"].weight.zero_()
+
+        def judge(model=model, c=c) -> dict:
+            return evaluation.safety_report(model, tok, harm[c], task, P.judge, P.max_new_tokens, P.eval_batch_size)[0]
+
+        apply()
+        lora_row = judge()
+        rows.append({"condition": c, "seed": s, "method": "LoRA", "k": 0, **lora_row})
+        for k in a.k:
+            for method, names, act in (("SPLoRA", splora.splora_select(sc, k=k), "prune"),
+                                       ("Safe LoRA", safelora.select_layers(sc["cosine"], k=k, side="low"), "Safe LoRA")):
+                apply(act, names)
+                rows.append({"condition": c, "seed": s, "method": method, "k": k, **judge()})
+        gains = {}
+        for name in sc.index:
+            apply("prune", [name])
+            gains[name] = float(evaluation.first_token_refusal_prob(model, tok, harm[c]).mean()) \
+                - lora_row["first_token_refusal_prob"]
+        apply()
+        g = pd.Series(gains)
+        top = g.idxmax()
+        oracle.append({"condition": c, "seed": s, "best single module": top.removeprefix("model.").removesuffix(".weight"),
+                       "its refusal-prob gain": g.max(),
+                       "its SPLoRA rank": int(sc["ediem"].rank(ascending=False)[top]),
+                       "its Safe LoRA rank": int(sc["cosine"].rank(ascending=True)[top]),
+                       "spearman(gain, E-DIEM)": g.rank().corr(sc["ediem"].rank()),
+                       "spearman(gain, -cosine)": g.rank().corr((-sc["cosine"]).rank())})
+        print(f"{c} seed {s} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    df = pd.DataFrame(rows)
+    cols = ["refusal_rate", "first_token_refusal_prob", "utility"]
+    print("\nValidation, mean over seeds:")
+    print(df.groupby(["condition", "method", "k"])[cols].mean().round(3).to_string())
+    print("\nAblation oracle (prune one module):")
+    print(pd.DataFrame(oracle).round(3).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
