@@ -14,7 +14,9 @@ SHIPPED = profiles.organism_dir()
 @pytest.fixture(scope="module")
 def quick_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("organism")
-    s = organism.OrganismSettings(num_layers=2, base_steps=150, chat_steps=80, seed=0)
+    # 2 layers and short stages keep the test to ~30 s; with data v2's 36 templates, 80 chat
+    # steps were too few for this size (refusal mass 0.28 on held-out harmful prompts)
+    s = organism.OrganismSettings(num_layers=2, base_steps=150, chat_steps=160, seed=0)
     info = organism.build(out, s, progress=False)
     return out, info
 
