@@ -263,7 +263,7 @@ def _as_weights(w: SafetensorsWeights | PathLike) -> SafetensorsWeights:
     return w if isinstance(w, SafetensorsWeights) else SafetensorsWeights(w)
 
 
-_ROWS = 256  # rows per block in _read_alignment: a block of c, b and V stays in cache
+_ROWS = 256  # rows per block in _read_alignment (32-1024 measured alike at d = 4096)
 
 
 def _read_alignment(base: SafetensorsWeights, chat: SafetensorsWeights, name: str,
@@ -273,8 +273,8 @@ def _read_alignment(base: SafetensorsWeights, chat: SafetensorsWeights, name: st
 
     One pass over both weights, a block of rows at a time: each block's difference, squared
     norm and contribution to ``right^T V`` (``right``: d_out x k, e.g. lora_B) are computed
-    while it is in cache. At 7B shape, separate passes over the 64 MB matrices cost more
-    than the arithmetic.
+    while it is in cache. The block sums are added in float64: a single float32 norm over a
+    4096 x 4096 V loses digits (relative error ~1e-6 in the scores' distances, vs ~1e-9).
     """
     shapes = base.shape(name), chat.shape(name)
     if shapes[0] != shapes[1]:
