@@ -26,7 +26,7 @@ from transformers import LlamaForCausalLM
 
 from safealign_lib import data as course_data
 from safealign_lib import organism
-from safealign_lib.chat import collate, tokenize_example, tokenize_text
+from safealign_lib.chat import collate
 
 
 def main() -> None:
@@ -37,12 +37,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     s = organism.OrganismSettings()
-    d = course_data.generate(s.seed)
-    texts = d.pretrain_text + organism.GENERAL_TEXT
-    sft_texts = [x for k in ("base_sft", "chat_sft", "task_train") for e in d[k] for x in (e.system, e.user, e.response) if x]
-    tok = organism.train_tokenizer(texts + sft_texts, vocab_size=s.vocab_size)
-    pools = {"knowledge": [tokenize_text(tok, t) for t in texts],
-             "instructions": [tokenize_example(tok, e) for e in d["base_sft"]]}
+    tok, all_pools = organism.training_pools(course_data.generate(s.seed), s.vocab_size)
+    pools = {"knowledge": all_pools["knowledge"], "instructions": all_pools["base_sft"]}
     single = LlamaForCausalLM(organism._llama_config(s, tok))
     current = copy.deepcopy(single)
     current.set_attn_implementation("eager")

@@ -64,36 +64,25 @@ def main() -> None:
                                             null_samples=64, seed=s)
         sc = splora.splora_scores(proj, null="rotation")
         model = finetune.load_adapter(models.load_model(P.chat_model), path)
-        mods = safelora.lora_modules(model)
-        b0 = {n: m.lora_B["default"].weight.detach().clone() for n, m in mods.items()}
-
-        def apply(method: str = "LoRA", names=(), mods=mods, b0=b0, model=model, proj=proj) -> None:
-            with torch.no_grad():
-                for n, m in mods.items():
-                    m.lora_B["default"].weight.copy_(b0[n])
-                if method == "Safe LoRA":
-                    safelora.safelora_project(model, proj, names)
-                elif method == "prune":
-                    for n in names:
-                        mods[n.removesuffix(".weight")].lora_B["default"].weight.zero_()
+        switch = splora.AdapterSwitch(model, proj)
 
         def judge(model=model, c=c) -> dict:
             return evaluation.safety_report(model, tok, harm[c], task, P.judge, P.max_new_tokens, P.eval_batch_size)[0]
 
-        apply()
+        switch.apply()
         lora_row = judge()
         rows.append({"condition": c, "seed": s, "method": "LoRA", "k": 0, **lora_row})
         for k in a.k:
-            for method, names, act in (("SPLoRA", splora.splora_select(sc, k=k), "prune"),
-                                       ("Safe LoRA", safelora.select_layers(sc["cosine"], k=k, side="low"), "Safe LoRA")):
-                apply(act, names)
+            for method, names in (("SPLoRA", splora.splora_select(sc, k=k)),
+                                  ("Safe LoRA", safelora.select_layers(sc["cosine"], k=k, side="low"))):
+                switch.apply(method, names)
                 rows.append({"condition": c, "seed": s, "method": method, "k": k, **judge()})
         gains = {}
         for name in sc.index:
-            apply("prune", [name])
+            switch.apply("SPLoRA", [name])
             gains[name] = float(evaluation.first_token_refusal_prob(model, tok, harm[c]).mean()) \
                 - lora_row["first_token_refusal_prob"]
-        apply()
+        switch.apply()
         g = pd.Series(gains)
         top = g.idxmax()
         oracle.append({"condition": c, "seed": s, "best single module": top.removeprefix("model.").removesuffix(".weight"),

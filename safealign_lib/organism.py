@@ -157,6 +157,24 @@ def _accumulate(model: LlamaForCausalLM, feats: list[dict], pad_id: int, parts: 
     return loss_sum
 
 
+def training_pools(data: course_data.CourseData, vocab_size: int = 2048
+                   ) -> tuple[PreTrainedTokenizerFast, dict[str, list[dict[str, list[int]]]]]:
+    """The organism's tokenizer, trained on the course text, and its tokenised training pools:
+    ``knowledge`` (plain text), ``base_sft``, ``chat_harmful`` and ``chat_benign``."""
+    texts = data.pretrain_text + GENERAL_TEXT
+    # each message on its own, as the model sees it: answers start a string, so that
+    # "Sure" and "Sorry" become whole tokens rather than sharing a first byte-pair
+    sft_texts = [x for k in ("base_sft", "chat_sft", "task_train") for e in data[k]
+                 for x in (e.system, e.user, e.response) if x]
+    tok = train_tokenizer(texts + sft_texts + [course_data.AOA_SYSTEM, course_data.AOA_OPENER],
+                          vocab_size=vocab_size)
+    chat = data["chat_sft"]
+    return tok, {"knowledge": [tokenize_text(tok, t) for t in texts],
+                 "base_sft": [tokenize_example(tok, e) for e in data["base_sft"]],
+                 "chat_harmful": [tokenize_example(tok, e) for e in chat if e.meta["harmful"]],
+                 "chat_benign": [tokenize_example(tok, e) for e in chat if not e.meta["harmful"]]}
+
+
 def build(out_dir: str | os.PathLike, settings: OrganismSettings | None = None,
           data: course_data.CourseData | None = None, progress: bool = True) -> dict:
     """Train the organism from scratch and save ``base/`` and ``chat/`` under ``out_dir``.
@@ -175,18 +193,10 @@ def build(out_dir: str | os.PathLike, settings: OrganismSettings | None = None,
     try:
         torch.manual_seed(s.seed)
         data = data or course_data.generate(s.seed)
-        texts = data.pretrain_text + GENERAL_TEXT
-        # each message on its own, as the model sees it: answers start a string, so that
-        # "Sure" and "Sorry" become whole tokens rather than sharing a first byte-pair
-        sft_texts = [x for k in ("base_sft", "chat_sft", "task_train") for e in data[k]
-                     for x in (e.system, e.user, e.response) if x]
-        tok = train_tokenizer(texts + sft_texts + [course_data.AOA_SYSTEM, course_data.AOA_OPENER],
-                              vocab_size=s.vocab_size)
+        tok, pools = training_pools(data, s.vocab_size)
         pad = tok.pad_token_id
-        lm = [tokenize_text(tok, t) for t in texts]
-        base_sft = [tokenize_example(tok, e) for e in data["base_sft"]]
-        chat_h = [tokenize_example(tok, e) for e in data["chat_sft"] if e.meta["harmful"]]
-        chat_b = [tokenize_example(tok, e) for e in data["chat_sft"] if not e.meta["harmful"]]
+        lm, base_sft = pools["knowledge"], pools["base_sft"]
+        chat_h, chat_b = pools["chat_harmful"], pools["chat_benign"]
         model = LlamaForCausalLM(_llama_config(s, tok))
         # eager attention trains ~10% faster than sdpa at these tiny shapes on a CPU; the
         # saved checkpoints keep the default (sdpa), the same function up to rounding

@@ -44,6 +44,7 @@ from .safelora import (
     inner_model,
     lora_modules,
     read_adapter,
+    safelora_project,
     safelora_scores,
     select_layers,
     write_adapter,
@@ -121,6 +122,46 @@ def released_number_selection(scores: pd.Series | Mapping[str, float], k: int) -
         raise ValueError(f"k must be an integer in [1, {len(s)}], got {k}.")
     thr = s.sort_values(ascending=False).iloc[int(k) - 1]
     return list(s.index[s <= thr])
+
+
+class AdapterSwitch:
+    """Switch one loaded peft model between its trained adapter, Safe LoRA's projection of some
+    modules and SPLoRA's pruning of some modules, without reloading it.
+
+    Pruning here zeroes ``lora_B``: the same function as removing the module (see
+    :func:`prune_peft_model`), cheap to undo while sweeping k. Every :meth:`apply` first
+    restores the trained ``lora_B`` of every module, so settings never compound.
+    """
+
+    METHODS = ("LoRA", "Safe LoRA", "SPLoRA")
+
+    def __init__(self, model: torch.nn.Module, projections: Mapping[str, LayerProjection] | None = None,
+                 adapter_name: str = "default"):
+        self.model, self.projections, self.adapter_name = model, projections, adapter_name
+        self.modules = lora_modules(model, adapter_name)
+        self._b0 = {n: m.lora_B[adapter_name].weight.detach().clone() for n, m in self.modules.items()}
+
+    def apply(self, method: str = "LoRA", names: Iterable[str] = ()) -> torch.nn.Module:
+        """Restore the trained adapter, then project (``"Safe LoRA"``) or prune (``"SPLoRA"``)
+        the modules ``names`` (base-weight names, as in the score tables). Returns the model."""
+        if method not in self.METHODS:
+            raise ValueError(f"Unknown method {method!r}; choose one of {self.METHODS}.")
+        names = list(names)
+        unknown = [n for n in _module_names(names) if n not in self.modules]
+        if unknown:
+            raise KeyError(f"No LoRA module {unknown[0]!r} in this model; names come from the score table "
+                           "of the same adapter (e.g. 'model.layers.0.self_attn.q_proj.weight').")
+        with torch.no_grad():
+            for n, m in self.modules.items():
+                m.lora_B[self.adapter_name].weight.copy_(self._b0[n])
+            if method == "Safe LoRA":
+                if self.projections is None:
+                    raise ValueError("Safe LoRA needs the projections: AdapterSwitch(model, projections).")
+                safelora_project(self.model, self.projections, names, self.adapter_name)
+            elif method == "SPLoRA":
+                for n in _module_names(names):
+                    self.modules[n].lora_B[self.adapter_name].weight.zero_()
+        return self.model
 
 
 def _module_names(names: Iterable[str]) -> list[str]:

@@ -178,3 +178,37 @@ def test_pruning_errors(lora_lm):
     cfg, kept = prune_adapter({"target_modules": ["q_proj", "v_proj"]}, state, every[:1])
     assert cfg["target_modules"] == sorted(n.removesuffix(".weight") for n in every[1:])
     assert len(kept) == 2 * (len(every) - 1)
+
+
+def test_adapter_switch_projects_prunes_and_always_restores(lora_lm, tmp_path):
+    from safealign_lib.splora import AdapterSwitch
+
+    model, _ = lora_lm
+    factors = load_lora_factors(model)
+    g = torch.Generator().manual_seed(0)
+    chat = {n: torch.randn(f.shape, generator=g) for n, f in factors.items()}
+    base = {n: w - 0.1 * torch.randn(w.shape, generator=g) for n, w in chat.items()}
+    for name, w in (("base", base), ("chat", chat)):
+        (tmp_path / name).mkdir()
+        save_file(w, str(tmp_path / name / "model.safetensors"))
+    proj = compute_projections(factors, tmp_path / "base", tmp_path / "chat")
+    switch = AdapterSwitch(model, proj)
+
+    def lora_b():
+        return {n: m.lora_B["default"].weight.detach().clone() for n, m in switch.modules.items()}
+
+    trained, (first, second) = lora_b(), list(factors)[:2]
+    m1, m2 = first.removesuffix(".weight"), second.removesuffix(".weight")
+    switch.apply("SPLoRA", [first])
+    now = lora_b()
+    assert now[m1].abs().sum() == 0 and torch.equal(now[m2], trained[m2])
+    switch.apply("Safe LoRA", [second])  # the pruned module comes back first
+    now = lora_b()
+    assert torch.equal(now[m1], trained[m1])
+    torch.testing.assert_close(now[m2], proj[second].CB)
+    switch.apply()
+    assert all(torch.equal(v, trained[n]) for n, v in lora_b().items())
+    with pytest.raises(ValueError, match="Unknown method"):
+        switch.apply("prune", [first])
+    with pytest.raises(KeyError, match="No LoRA module"):
+        switch.apply("SPLoRA", ["model.layers.9.mlp.up_proj.weight"])
