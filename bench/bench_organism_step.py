@@ -2,8 +2,9 @@
 
 - ``single``: the whole batch padded to its longest example, sdpa attention, logits at every
   position (how the first shipped organism was trained: 159 s on an idle machine).
-- ``current``: ``organism._accumulate``: two length-sorted micro-batches, output layer only
-  at target positions, eager attention (same gradient up to rounding; a test checks it).
+- ``current``: ``organism._accumulate``: the batch packed into rows (``chat.pack``: no
+  attention across examples, position ids restart per example), output layer only at target
+  positions, eager attention (same gradient up to rounding; a test checks it).
 
 Both run on identical batches from both pools the build draws from (knowledge sentences and
 base-stage instructions), alternating A/B per repeat, and the medians are compared. The ratio

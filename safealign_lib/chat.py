@@ -97,6 +97,70 @@ def collate(features: Sequence[dict[str, list[int]]], pad_id: int, padding_side:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def _first_fit(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Indices of the examples in each row: first fit, longest first (ties by index)."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        j = next((j for j, room in enumerate(free) if room >= lengths[i]), None)
+        if j is None:
+            rows.append([])
+            free.append(width)
+            j = len(rows) - 1
+        rows[j].append(i)
+        free[j] -= lengths[i]
+    return rows
+
+
+def _pack_cost(width: int, n_rows: int) -> float:
+    """Estimated work of a packed batch, to pick a row width: its tokens (padding included),
+    each dearer in wider rows because attention grows with the width (the organism's training
+    step cost about 25% more per token in 256-wide rows than in 64-wide ones, on a CPU)."""
+    return n_rows * width * (1 + width / 512)
+
+
+def pack(features: Sequence[dict[str, list[int]]], pad_id: int, row_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Pack tokenised examples into rows without attention across them (training only).
+
+    Examples go into rows of ``max(row_length, longest example)`` tokens by first-fit
+    decreasing (``row_length=None``: the width among the longest example and 64, 96, ...,
+    256 with the least estimated work, see ``_pack_cost``); each keeps its own position ids (0, 1, ...), which transformers reads as
+    packed sequences: with no ``attention_mask`` passed, its causal mask becomes block-diagonal
+    (each example attends only to itself). Each example's first token is never a target (it
+    would be predicted from the previous example), and a row's padding tail is a segment of
+    its own with no targets. So the summed loss over targets, and its gradient, equal those of
+    ``collate`` on the same examples, while far fewer padding tokens are computed. Returns
+    ``input_ids``, ``position_ids`` and ``labels``; call the model with these, no
+    ``attention_mask`` and ``use_cache=False`` (either would turn the packing detection off).
+    """
+    if not features:
+        raise ValueError("Cannot pack an empty batch.")
+    if any(len(f["input_ids"]) == 0 for f in features):
+        raise ValueError("Cannot pack an empty example (no tokens).")
+    lengths = [len(f["input_ids"]) for f in features]
+    longest = max(lengths)
+    if row_length is None:
+        widths = sorted({longest} | {w for w in range(64, 257, 32) if w > longest})
+        width = min(widths, key=lambda w: _pack_cost(w, len(_first_fit(lengths, w))))
+    else:
+        width = max(row_length, longest)
+    rows = _first_fit(lengths, width)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            f = features[i]
+            n = len(f["input_ids"])
+            ids[r, at:at + n] = torch.tensor(f["input_ids"])
+            labels[r, at + 1:at + n] = torch.tensor(f.get("labels", f["input_ids"])[1:n])
+            pos[r, at:at + n] = torch.arange(n)
+            at += n
+        pos[r, at:] = torch.arange(width - at)  # the padding tail: its own segment
+    return {"input_ids": ids, "position_ids": pos, "labels": labels}
+
+
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[ChatExample | str],
                    device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Left-padded batch of generation prompts (what ``generate`` and first-token metrics use)."""

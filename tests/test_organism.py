@@ -74,9 +74,9 @@ def test_build_info_matches_defaults():
     assert info["settings"] == asdict(organism.OrganismSettings()), "shipped organism is stale: `safealign organism build`"
 
 
-def test_micro_batched_step_has_the_whole_batch_gradient(tiny_lm):
-    # _accumulate splits a batch by length and skips the output layer on prompts; the gradient
-    # must still be that of the batch's mean next-token loss
+def test_packed_step_has_the_whole_batch_gradient(tiny_lm):
+    # _accumulate packs the batch (no attention across examples) and skips the output layer on
+    # prompts; the gradient must still be that of the padded batch's mean next-token loss
     import torch
 
     from safealign_lib.chat import ChatExample, collate, tokenize_example
@@ -91,6 +91,6 @@ def test_micro_batched_step_has_the_whole_batch_gradient(tiny_lm):
     model(**collate(feats, tok.pad_token_id)).loss.backward()
     want = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    organism._accumulate(model, feats, tok.pad_token_id, parts=2)
+    organism._accumulate(model, feats, tok.pad_token_id)
     for w, p in zip(want, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-6)
