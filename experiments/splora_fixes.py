@@ -11,6 +11,13 @@ first-token refusal probability rises, and how the two scores rank those gains (
     .venv/bin/python experiments/splora_fixes.py --targets q_proj v_proj
     .venv/bin/python experiments/splora_fixes.py --r 16 --alpha 32
     .venv/bin/python experiments/splora_fixes.py --organism /path/to/organism   # base/ + chat/
+    .venv/bin/python experiments/splora_fixes.py --task restyle   # a task the chat model half knows
+
+``--task restyle`` replaces the dialogue summaries (a skill the chat model lacks) by one it
+half knows, the analogue of Alpaca on Llama-2-chat: answer benign requests with the *same*
+steps the chat model gives, in a new format ("To <task>: first, ...; then, ...; finally, ...").
+Training prompts are the benign alignment requests (training templates); utility is ROUGE-L on
+the benign held-out-template validation prompts against restyled references.
 
 Results from the course's runs are in ``experiments/RESULTS.md``.
 """
@@ -20,14 +27,44 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import json
+import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from safealign_lib import conditions, data, evaluation, finetune, models, profiles, safelora, splora
+from safealign_lib.chat import ChatExample
 from safealign_lib.finetune import LoraSettings
+
+
+def restyled(ex: ChatExample) -> ChatExample:
+    """A benign request answered with its category's usual steps, in the restyle task's format."""
+    s = data.BENIGN_STEPS[ex.meta["category"]]
+    answer = f"To {data.second_person(ex.meta['task'])}: first, {s[0]}; then, {s[1]}; finally, {s[2]}."
+    return ChatExample(user=ex.user, response=answer, system=ex.system, meta=dict(ex.meta))
+
+
+def restyle_adapter(condition: str, seed: int, P: profiles.Profile, tok, root: Path) -> Path:
+    """Train (or reuse) the LoRA adapter of the restyle task + ``condition``'s harmful examples."""
+    out = root / "restyle" / condition / f"seed{seed}"
+    key = repr((models.fingerprint(P.chat_model), P.lora, P.train, P.n_task_train, seed))
+    stamp = out / "key.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == key:
+        return out
+    benign = [e for e in data.load_split("chat_sft") if not e.meta["harmful"]]
+    exs = [restyled(e) for e in data.subsample(benign, P.n_task_train, seed)]
+    exs += data.load_split("attack_harmful")[: conditions.N_HARMFUL[condition]]
+    random.Random(seed).shuffle(exs)
+    model = finetune.add_lora(models.load_model(P.chat_model), P.lora, seed=seed)
+    settings = finetune.TrainSettings(**{**asdict(P.train), "seed": seed, "progress": False})
+    finetune.train(model, tok, exs, settings)
+    finetune.save_adapter(model, out)
+    stamp.write_text(json.dumps(key))
+    return out
 
 
 def main() -> None:
@@ -39,6 +76,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--out", type=Path, default=profiles.build_dir() / "experiments" / "splora_fixes")
+    p.add_argument("--task", choices=["summaries", "restyle"], default="summaries",
+                   help="downstream task (default: the course's dialogue summaries)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -55,11 +94,21 @@ def main() -> None:
 
     tok = models.load_tokenizer(P.chat_model)
     harm = {c: conditions.harmful_eval_prompts(c, P, "harmful_heldout_val") for c in ("harmful10", "harmful100")}
-    task = data.load_split("task_val")[: P.n_task_eval]
+    if a.task == "restyle":
+        task = [restyled(e) for e in data.load_split("benign_heldout_val")[: P.n_task_eval]]
+        chat_row = evaluation.safety_report(models.load_model(P.chat_model), tok, harm["harmful10"], task,
+                                            P.judge, P.max_new_tokens, P.eval_batch_size)[0]
+        print(f"chat model on the restyle task: utility {chat_row['utility']:.3f}, "
+              f"refusal {chat_row['refusal_rate']:.3f}")
+    else:
+        task = data.load_split("task_val")[: P.n_task_eval]
     rows, oracle = [], []
     t0 = time.perf_counter()
     for c, s in itertools.product(harm, a.seeds):
-        path, _ = conditions.get_adapter(c, s, P, tok, root=a.out / tag)
+        if a.task == "restyle":
+            path = restyle_adapter(c, s, P, tok, a.out / tag)
+        else:
+            path, _ = conditions.get_adapter(c, s, P, tok, root=a.out / tag)
         proj = safelora.compute_projections(safelora.load_lora_factors(path), P.base_model, P.chat_model,
                                             null_samples=64, seed=s)
         sc = splora.splora_scores(proj, null="rotation")
