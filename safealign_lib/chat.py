@@ -123,10 +123,10 @@ def pack(features: Sequence[dict[str, list[int]]], pad_id: int, row_length: int 
     """Pack tokenised examples into rows without attention across them (training only).
 
     Examples go into rows of ``max(row_length, longest example)`` tokens by first-fit
-    decreasing (``row_length=None``: the width among the longest example and 64, 96, ...,
-    256 with the least estimated work, see ``_pack_cost``); each keeps its own position ids (0, 1, ...), which transformers reads as
-    packed sequences: with no ``attention_mask`` passed, its causal mask becomes block-diagonal
-    (each example attends only to itself). Each example's first token is never a target (it
+    decreasing (``row_length=None``: the width among the longest example and 64, 96, ..., 256
+    with the least estimated work, see ``_pack_cost``). Each keeps its own position ids
+    (0, 1, ...), which transformers reads as packed sequences: with no ``attention_mask``
+    passed, its causal mask becomes block-diagonal (each example attends only to itself). Each example's first token is never a target (it
     would be predicted from the previous example), and a row's padding tail is a segment of
     its own with no targets. So the summed loss over targets, and its gradient, equal those of
     ``collate`` on the same examples, while far fewer padding tokens are computed. Returns
@@ -137,6 +137,8 @@ def pack(features: Sequence[dict[str, list[int]]], pad_id: int, row_length: int 
         raise ValueError("Cannot pack an empty batch.")
     if any(len(f["input_ids"]) == 0 for f in features):
         raise ValueError("Cannot pack an empty example (no tokens).")
+    if row_length is not None and row_length < 1:
+        raise ValueError(f"row_length must be a positive number of tokens (or None), got {row_length}.")
     lengths = [len(f["input_ids"]) for f in features]
     longest = max(lengths)
     if row_length is None:

@@ -52,3 +52,5 @@ def test_pack_keeps_every_example_and_its_targets():
         pack([], pad_id=0)
     with pytest.raises(ValueError, match="empty example"):
         pack([{"input_ids": []}], pad_id=0)
+    with pytest.raises(ValueError, match="row_length"):
+        pack(feats, pad_id=0, row_length=0)
