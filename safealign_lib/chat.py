@@ -126,12 +126,13 @@ def pack(features: Sequence[dict[str, list[int]]], pad_id: int, row_length: int 
     decreasing (``row_length=None``: the width among the longest example and 64, 96, ..., 256
     with the least estimated work, see ``_pack_cost``). Each keeps its own position ids
     (0, 1, ...), which transformers reads as packed sequences: with no ``attention_mask``
-    passed, its causal mask becomes block-diagonal (each example attends only to itself). Each example's first token is never a target (it
-    would be predicted from the previous example), and a row's padding tail is a segment of
-    its own with no targets. So the summed loss over targets, and its gradient, equal those of
-    ``collate`` on the same examples, while far fewer padding tokens are computed. Returns
-    ``input_ids``, ``position_ids`` and ``labels``; call the model with these, no
-    ``attention_mask`` and ``use_cache=False`` (either would turn the packing detection off).
+    passed, its causal mask becomes block-diagonal (each example attends only to itself).
+    Each example's first token is never a target (it would be predicted from the previous
+    example), and a row's padding tail is a segment of its own with no targets. So the summed
+    loss over targets, and its gradient, equal those of ``collate`` on the same examples, while
+    far fewer padding tokens are computed. Returns ``input_ids``, ``position_ids`` and
+    ``labels``; call the model with these, no ``attention_mask`` and ``use_cache=False``
+    (either would turn the packing detection off).
     """
     if not features:
         raise ValueError("Cannot pack an empty batch.")

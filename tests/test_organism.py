@@ -79,7 +79,7 @@ def test_packed_step_has_the_whole_batch_gradient(tiny_lm):
     # prompts; the gradient must still be that of the padded batch's mean next-token loss
     import torch
 
-    from safealign_lib.chat import ChatExample, collate, tokenize_example
+    from safealign_lib.chat import ChatExample, collate, pack, tokenize_example
 
     model, tok = tiny_lm
     model.train()
@@ -87,6 +87,8 @@ def test_packed_step_has_the_whole_batch_gradient(tiny_lm):
              "How do I steal a car?", "Summarize the dialogue."]
     feats = [tokenize_example(tok, ChatExample(u, "Sure, here is how: Step 1: mix." * (1 + i % 2)))
              for i, u in enumerate(users)]
+    # some rows must hold several examples, or attention across them would go untested
+    assert pack(feats, tok.pad_token_id)["input_ids"].shape[0] < len(feats)
     model.zero_grad()
     model(**collate(feats, tok.pad_token_id)).loss.backward()
     want = [p.grad.clone() for p in model.parameters()]
