@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import json
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -48,23 +46,14 @@ def restyled(ex: ChatExample) -> ChatExample:
     return ChatExample(user=ex.user, response=answer, system=ex.system, meta=dict(ex.meta))
 
 
-def restyle_adapter(condition: str, seed: int, P: profiles.Profile, tok, root: Path) -> Path:
-    """Train (or reuse) the LoRA adapter of the restyle task + ``condition``'s harmful examples."""
-    out = root / "restyle" / condition / f"seed{seed}"
-    key = repr((models.fingerprint(P.chat_model), P.lora, P.train, P.n_task_train, seed))
-    stamp = out / "key.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == key:
-        return out
+def restyle_set(condition: str, seed: int, P: profiles.Profile) -> list[ChatExample]:
+    """The restyle task's training set: benign alignment requests, restyled, plus
+    ``condition``'s harmful examples, shuffled with ``seed``."""
     benign = [e for e in data.load_split("chat_sft") if not e.meta["harmful"]]
     exs = [restyled(e) for e in data.subsample(benign, P.n_task_train, seed)]
     exs += data.load_split("attack_harmful")[: conditions.N_HARMFUL[condition]]
     random.Random(seed).shuffle(exs)
-    model = finetune.add_lora(models.load_model(P.chat_model), P.lora, seed=seed)
-    settings = finetune.TrainSettings(**{**asdict(P.train), "seed": seed, "progress": False})
-    finetune.train(model, tok, exs, settings)
-    finetune.save_adapter(model, out)
-    stamp.write_text(json.dumps(key))
-    return out
+    return exs
 
 
 def main() -> None:
@@ -105,10 +94,8 @@ def main() -> None:
     rows, oracle = [], []
     t0 = time.perf_counter()
     for c, s in itertools.product(harm, a.seeds):
-        if a.task == "restyle":
-            path = restyle_adapter(c, s, P, tok, a.out / tag)
-        else:
-            path, _ = conditions.get_adapter(c, s, P, tok, root=a.out / tag)
+        exs = restyle_set(c, s, P) if a.task == "restyle" else None
+        path, _ = conditions.get_adapter(c, s, P, tok, root=a.out / tag / a.task, examples=exs)
         proj = safelora.compute_projections(safelora.load_lora_factors(path), P.base_model, P.chat_model,
                                             null_samples=64, seed=s)
         sc = splora.splora_scores(proj, null="rotation")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,10 +55,12 @@ def harmful_eval_prompts(condition: str, profile: Profile, split: str = "harmful
     return data.load_split(name)[: profile.n_eval]
 
 
-def _key(condition: str, seed: int, profile: Profile) -> str:
+def _key(condition: str, seed: int, profile: Profile, examples: Sequence[ChatExample] | None = None) -> str:
     spec = {"condition": condition, "seed": seed, "model": fingerprint(profile.chat_model),
             "n_task_train": profile.n_task_train,
             "lora": asdict(profile.lora), "train": {**asdict(profile.train), "progress": None}}
+    if examples is not None:  # a custom training set (the course's own sets keep their keys)
+        spec["examples"] = [[e.system, e.user, e.response] for e in examples]
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -67,19 +70,24 @@ def adapter_dir(condition: str, seed: int, profile: Profile, root: str | Path | 
 
 
 def get_adapter(condition: str, seed: int, profile: Profile, tokenizer: PreTrainedTokenizerBase,
-                root: str | Path | None = None, retrain: bool = False) -> tuple[Path, TrainResult | None]:
+                root: str | Path | None = None, retrain: bool = False,
+                examples: Sequence[ChatExample] | None = None) -> tuple[Path, TrainResult | None]:
     """The adapter folder for (condition, seed): trained and saved on first use, then reused
-    while the settings are unchanged. Returns (folder, TrainResult or None when cached)."""
+    while the settings are unchanged. Returns (folder, TrainResult or None when cached).
+
+    ``examples`` replaces the condition's training set (e.g. another downstream task); they
+    are part of the cache key, so give such runs their own ``root``.
+    """
     out = adapter_dir(condition, seed, profile, root)
-    key = _key(condition, seed, profile)
+    key = _key(condition, seed, profile, examples)
     stamp = out / "safealign_run.json"
     if not retrain and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
         return out, None
     model = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
     peft_model = add_lora(model, profile.lora, seed=seed)
     settings = profile.train.__class__(**{**asdict(profile.train), "seed": seed})
-    result = train(peft_model, tokenizer, training_examples(condition, profile, seed), settings,
-                   desc=f"{condition} seed {seed}")
+    exs = training_examples(condition, profile, seed) if examples is None else examples
+    result = train(peft_model, tokenizer, exs, settings, desc=f"{condition} seed {seed}")
     save_adapter(peft_model, out)
     stamp.write_text(json.dumps({"key": key, "condition": condition, "seed": seed,
                                  "result": result.as_dict()}, indent=1))
