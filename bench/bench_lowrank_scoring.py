@@ -7,18 +7,21 @@ Llama-2 release with ``--file-dtype float16``; 4 shards each with a
 written to a temp dir (8 GB at full size in float32).
 
 - low-rank path (the library): ``load_lora_factors`` -> ``compute_projections`` (streams one
-  tensor at a time, C B = V (V^T B) / ||V||_F) -> ``safelora_scores`` + ``splora_scores``
-  (cosine, norms, distance, E-DIEM from r x r Grams), all modules, every repeat.
+  tensor at a time, C B = V (V^T B) / ||V||_F, rows split over ``--threads`` workers) ->
+  ``safelora_scores`` + ``splora_scores`` (cosine, norms, distance, E-DIEM from r x r Grams),
+  all modules, every repeat.
 - dense path (the released algorithm): per module, V = chat - base, C = V V^T / ||V||_F
   (d x d), X = (C B) A and Y = B A (dense d x d), cosine and distance of the flattened
   matrices. It reads the same files the same way. Being slow, it runs on the first
   ``--dense-modules`` modules only; its per-module time is extrapolated to all modules.
 
-Each path runs in its own subprocess, so its peak RSS (VmHWM) is its own. Reported:
-median time per module and for all modules, the speed ratio, peak RSS of each path (and of
-a process that only imports the libraries), and the largest disagreement of the scores.
+Each path runs in its own subprocess, so its peak RSS (VmHWM) is its own; the two run
+alternately for ``--rounds`` rounds, so that a drift of the machine's speed hits both. Reported:
+median time per module and for all modules, the speed ratio (median of the rounds' ratios, and
+each round's), peak RSS of each path (and of a process that only imports the libraries), and
+the largest disagreement of the scores.
 
-    .venv/bin/python bench/bench_lowrank_scoring.py            # full (~2 min, 8 GB in a temp dir)
+    .venv/bin/python bench/bench_lowrank_scoring.py            # full (~3 min, 8 GB in a temp dir)
     .venv/bin/python bench/bench_lowrank_scoring.py --quick    # d = 1024, 4 blocks (seconds)
 """
 
@@ -113,7 +116,7 @@ def worker_lowrank(root: Path, repeats: int) -> dict:
             "cosine": df["cosine"].tolist(), "distance": df["distance"].tolist()}
 
 
-def worker_dense(root: Path, repeats: int, n_modules: int) -> dict:
+def worker_dense(root: Path, repeats: int, n_modules: int, referee: bool) -> dict:
     import torch
 
     from safealign_lib.safelora import SafetensorsWeights, load_lora_factors
@@ -139,7 +142,7 @@ def worker_dense(root: Path, repeats: int, n_modules: int) -> dict:
     peak = _peak_rss_mb()
     # untimed referee: the same dense algorithm in float64
     ref_cos, ref_dist = [], []
-    for n in names:
+    for n in names if referee else []:
         f = factors[n]
         v = chat.get(n, torch.float64) - base.get(n, torch.float64)
         c = v @ v.T / torch.linalg.matrix_norm(v)
@@ -180,13 +183,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="low-rank repeats (all modules each)")
     p.add_argument("--dense-modules", type=int, default=4, help="modules scored by the dense path")
     p.add_argument("--dense-repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads of both paths (the machine's 2 cores are shared: 1 by default)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="low-rank and dense workers run alternately this many times; the ratio "
+                        "reported is the median of the rounds' ratios")
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads of both paths (torch's, and the library's row workers); each path runs "
+                        "alone, so both get the same cores (default 2, the target's 2-core laptop)")
     p.add_argument("--file-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of the checkpoint files (both paths compute in float32)")
     p.add_argument("--out", type=Path, default=None, help="write the figures as markdown here")
     p.add_argument("--worker", choices=["lowrank", "dense", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--referee", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
 
     import torch
@@ -194,7 +202,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     if a.worker:
         res = {"lowrank": lambda: worker_lowrank(a.root, a.repeats),
-               "dense": lambda: worker_dense(a.root, a.dense_repeats, a.dense_modules),
+               "dense": lambda: worker_dense(a.root, a.dense_repeats, a.dense_modules, a.referee),
                "baseline": baseline_rss}[a.worker]()
         print(json.dumps(res))
         return
@@ -207,14 +215,29 @@ def main() -> None:
         t0 = time.perf_counter()
         write_fixture(root, a.blocks, a.d, a.r, seed=0, dtype=a.file_dtype)
         t_write = time.perf_counter() - t0
+        # let the kernel finish writing the fixture back to disk first, so that neither path is
+        # timed while 8 GB of dirty pages are being flushed (the first worker would pay for it)
+        t0 = time.perf_counter()
+        if hasattr(os, "sync"):
+            os.sync()
+        t_sync = time.perf_counter() - t0
         common = ["--root", str(root)]
         base = _run_worker(["--worker", "baseline", *common], a.threads)
-        low = _run_worker(["--worker", "lowrank", *common, "--repeats", str(a.repeats)], a.threads)
-        dense = _run_worker(["--worker", "dense", *common, "--dense-repeats", str(a.dense_repeats),
-                             "--dense-modules", str(a.dense_modules)], a.threads)
+        lows, denses = [], []
+        for rnd in range(a.rounds):  # alternate, so that a drift of the machine hits both paths
+            lows.append(_run_worker(["--worker", "lowrank", *common, "--repeats", str(a.repeats)],
+                                    a.threads))
+            denses.append(_run_worker(["--worker", "dense", *common, "--dense-repeats", str(a.dense_repeats),
+                                       "--dense-modules", str(a.dense_modules),
+                                       *(["--referee"] if rnd == 0 else [])], a.threads))
 
-    low_per = statistics.median(low["seconds"]) / low["n_modules"]
-    dense_per = statistics.median(dense["seconds"]) / dense["n_modules"]
+    low_pers = [statistics.median(lo["seconds"]) / lo["n_modules"] for lo in lows]
+    dense_pers = [statistics.median(de["seconds"]) / de["n_modules"] for de in denses]
+    ratios = [de / lo for de, lo in zip(dense_pers, low_pers, strict=True)]
+    low_per, dense_per = statistics.median(low_pers), statistics.median(dense_pers)
+    low, dense = lows[0], denses[0]
+    low_rss = max(lo["peak_rss_mb"] for lo in lows)
+    dense_rss = max(de["peak_rss_mb"] for de in denses)
     k = dense["n_modules"]
     def max_err(values: list[float], ref: list[float], relative: bool = False) -> str:
         err = max(abs(v - r) / (abs(r) if relative else 1.0) for v, r in zip(values, ref, strict=False))
@@ -224,11 +247,13 @@ def main() -> None:
     rows = [
         ("modules scored", f"{low['n_modules']} (low-rank, x{a.repeats} repeats)",
          f"{k} (dense, x{a.dense_repeats} repeats)"),
-        ("median time per module", _fmt_s(low_per), _fmt_s(dense_per)),
+        ("median time per module (per round)", f"{_fmt_s(low_per)} ({', '.join(_fmt_s(t) for t in low_pers)})",
+         f"{_fmt_s(dense_per)} ({', '.join(_fmt_s(t) for t in dense_pers)})"),
         (f"time for all {n_modules} modules", f"{_fmt_s(low_per * n_modules)} (measured)",
          f"{_fmt_s(dense_per * n_modules)} (extrapolated from {k})"),
-        ("speed ratio (dense / low-rank)", f"{dense_per / low_per:.0f}x", ""),
-        ("peak RSS of the process", f"{low['peak_rss_mb']:.0f} MB", f"{dense['peak_rss_mb']:.0f} MB"),
+        (f"speed ratio (dense / low-rank), median of {a.rounds} rounds",
+         f"{statistics.median(ratios):.0f}x (rounds: {', '.join(f'{x:.0f}x' for x in ratios)})", ""),
+        ("peak RSS of the process", f"{low_rss:.0f} MB", f"{dense_rss:.0f} MB"),
         ("  of which imports only", f"{base['peak_rss_mb']:.0f} MB", f"{base['peak_rss_mb']:.0f} MB"),
         ("max abs cosine error vs float64 dense", max_err(low["cosine"][:k], ref_c),
          max_err(dense["cosine"], ref_c)),
@@ -241,7 +266,8 @@ def main() -> None:
           f"Setup: {a.blocks} blocks x (q_proj, v_proj), d = {a.d}, r = {a.r}, alpha = {2 * a.r}; "
           f"{a.file_dtype} checkpoints in shards; torch {torch.__version__}, {a.threads} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible. "
-          f"Writing the fixture took {t_write:.0f} s (not timed below).", "",
+          f"Writing the fixture took {t_write:.0f} s and flushing it to disk {t_sync:.0f} s "
+          "(neither timed below).", "",
           "| | low-rank (library) | dense (released algorithm) |", "|---|---|---|"]
     md += [f"| {r0} | {r1} | {r2} |" for r0, r1, r2 in rows]
     text = "\n".join(md)

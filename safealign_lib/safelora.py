@@ -24,20 +24,24 @@ memory together (the released code loads both in fp32: about 54 GB).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from threadpoolctl import threadpool_limits
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_CONFIG = "adapter_config.json"
@@ -263,19 +267,55 @@ def _as_weights(w: SafetensorsWeights | PathLike) -> SafetensorsWeights:
     return w if isinstance(w, SafetensorsWeights) else SafetensorsWeights(w)
 
 
-_ROWS = 256  # rows per block in _read_alignment (32-1024 measured alike at d = 4096)
+_ROWS = 64  # rows per block: a block of V (1 MB at d_in = 4096) is still in cache for its product
+_PARALLEL_MIN = 1 << 20  # elements: below this, one thread does the whole weight
 
 
-def _read_alignment(base: SafetensorsWeights, chat: SafetensorsWeights, name: str,
-                    expected_shape: tuple[int, int] | None, out: torch.Tensor | None = None,
-                    right: torch.Tensor | None = None) -> tuple[torch.Tensor, float, torch.Tensor | None]:
-    """(V, ||V||_F, right^T V) for one weight; V is written into ``out`` when its shape fits.
+class RowWorkers:
+    """Row-parallel passes over one weight at a time, for :func:`compute_projections`.
 
-    One pass over both weights, a block of rows at a time: each block's difference, squared
-    norm and contribution to ``right^T V`` (``right``: d_out x k, e.g. lora_B) are computed
-    while it is in cache. The block sums are added in float64: a single float32 norm over a
-    4096 x 4096 V loses digits (relative error ~1e-6 in the scores' distances, vs ~1e-9).
+    The passes are NumPy calls on contiguous row ranges, one range per thread; NumPy releases
+    the GIL inside them, and BLAS is held to one thread per call (``threadpool_limits``) while
+    the workers are open. On skinny products such as ``B^T V`` (8 x 4096 x 4096) two
+    single-threaded BLAS calls on half the rows each ran about twice as fast as one
+    two-threaded MKL call on this course's 2-core machine (``bench/RESULTS.md``), and no idle
+    BLAS threads spin between the passes. ``n_threads`` defaults to
+    ``torch.get_num_threads()``. The BLAS limit is process-wide while the context is open.
     """
+
+    def __init__(self, n_threads: int | None = None):
+        n = torch.get_num_threads() if n_threads is None else n_threads
+        if n < 1:
+            raise ValueError(f"n_threads must be >= 1, got {n}.")
+        self.n_threads = n
+        self._stack = contextlib.ExitStack()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> RowWorkers:
+        self._stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
+        if self.n_threads > 1:
+            self._pool = self._stack.enter_context(
+                ThreadPoolExecutor(self.n_threads, thread_name_prefix="safealign-rows"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool = None
+        self._stack.close()
+
+    def map_rows(self, fn: Callable[[int, int], object], n_rows: int, n_elements: int) -> list:
+        """``[fn(lo, hi), ...]`` over contiguous, block-aligned row ranges covering ``n_rows``."""
+        n = self.n_threads if self._pool is not None and n_elements >= _PARALLEL_MIN else 1
+        step = -(-n_rows // (n * _ROWS)) * _ROWS
+        ranges = [(lo, min(lo + step, n_rows)) for lo in range(0, n_rows, step)]
+        if self._pool is None or len(ranges) == 1:
+            return [fn(lo, hi) for lo, hi in ranges]
+        futures = [self._pool.submit(fn, lo, hi) for lo, hi in ranges]
+        return [f.result() for f in futures]
+
+
+def _load_pair(base: SafetensorsWeights, chat: SafetensorsWeights, name: str,
+               expected_shape: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_chat, W_base) of one weight as float32 (memory maps where the files are float32)."""
     shapes = base.shape(name), chat.shape(name)
     if shapes[0] != shapes[1]:
         raise ValueError(f"{name}: base has shape {shapes[0]} but chat has {shapes[1]}; the two checkpoints "
@@ -283,25 +323,82 @@ def _read_alignment(base: SafetensorsWeights, chat: SafetensorsWeights, name: st
     if expected_shape is not None and tuple(shapes[0]) != tuple(expected_shape):
         raise ValueError(f"{name}: the adapter expects a weight of shape (d_out, d_in) = {tuple(expected_shape)} "
                          f"but the checkpoints hold {shapes[0]}; the adapter belongs to another model.")
-    c, b = chat.get(name), base.get(name)
+    if len(shapes[0]) != 2:
+        raise ValueError(f"{name} has shape {shapes[0]}; an alignment matrix needs a 2-D weight.")
+    return chat.get(name), base.get(name)
+
+
+def _difference_pass(c: np.ndarray, b: np.ndarray, workers: RowWorkers, v: np.ndarray | None = None,
+                     right: torch.Tensor | None = None) -> tuple[float, torch.Tensor | None]:
+    """(||c - b||_F^2, right^T (c - b)) in one pass, writing c - b into ``v`` if given.
+
+    A block of rows at a time: its difference, squared norm and contribution to ``right^T V``
+    (``right``: d_out x k, e.g. lora_B) are computed while it is in cache. The block sums are
+    added in float64: a single float32 norm over a 4096 x 4096 V loses digits (relative error
+    ~1e-6 in the scores' distances, vs ~1e-9).
+    """
+    rt = None if right is None else right.detach().to(torch.float32).T.contiguous().numpy()  # k x d_out
+
+    def rows(lo: int, hi: int) -> tuple[float, np.ndarray | None]:
+        sq, acc = 0.0, None if rt is None else np.zeros((rt.shape[0], c.shape[1]), c.dtype)
+        scratch = np.empty((_ROWS, c.shape[1]), c.dtype) if v is None else None
+        for i in range(lo, hi, _ROWS):
+            j = min(i + _ROWS, hi)
+            blk = np.subtract(c[i:j], b[i:j], out=v[i:j] if v is not None else scratch[:j - i])
+            flat = blk.reshape(-1)
+            sq += float(np.dot(flat, flat))  # NaN/inf anywhere makes the sum non-finite
+            if acc is not None:
+                acc += rt[:, i:j] @ blk
+        return sq, acc
+
+    parts = workers.map_rows(rows, c.shape[0], c.size)
+    rt_v = None if rt is None else torch.from_numpy(np.sum([p[1] for p in parts], axis=0))
+    return sum(p[0] for p in parts), rt_v
+
+
+def _difference_times(y: torch.Tensor, workers: RowWorkers, *, v: np.ndarray | None = None,
+                      c: np.ndarray | None = None, b: np.ndarray | None = None) -> torch.Tensor:
+    """``V @ y`` for a thin ``y``: from ``v`` if given, else with ``V = c - b`` formed block by
+    block in cache (one more read of both weights instead of storing V and reading it back)."""
+    y_np = y.contiguous().numpy()
+    rows_of = v if v is not None else c
+    out = np.empty((rows_of.shape[0], y_np.shape[1]), dtype=rows_of.dtype)
+
+    def rows(lo: int, hi: int) -> None:
+        if v is not None:
+            np.matmul(v[lo:hi], y_np, out=out[lo:hi])
+            return
+        scratch = np.empty((_ROWS, c.shape[1]), c.dtype)
+        for i in range(lo, hi, _ROWS):
+            j = min(i + _ROWS, hi)
+            np.matmul(np.subtract(c[i:j], b[i:j], out=scratch[:j - i]), y_np, out=out[i:j])
+
+    workers.map_rows(rows, rows_of.shape[0], rows_of.size)
+    return torch.from_numpy(out)
+
+
+def _checked_norm(sq: float, base: SafetensorsWeights, chat: SafetensorsWeights, name: str) -> float:
+    """sqrt(sq), or a clear error naming the checkpoint that holds NaN or inf."""
+    if math.isfinite(sq):
+        return math.sqrt(sq)
+    for w, which in ((chat, "chat"), (base, "base")):
+        if not torch.isfinite(w.get(name)).all():
+            raise ValueError(f"{name} in {w.path} contains NaN or inf; the {which} checkpoint is corrupt.")
+    raise ValueError(f"{name}: chat - base overflows float32; the checkpoints are not comparable.")
+
+
+def _read_alignment(base: SafetensorsWeights, chat: SafetensorsWeights, name: str,
+                    expected_shape: tuple[int, int] | None, out: torch.Tensor | None = None,
+                    right: torch.Tensor | None = None, workers: RowWorkers | None = None,
+                    ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+    """(V, ||V||_F, right^T V) for one weight; V is written into ``out`` when its shape fits."""
+    c_t, b_t = _load_pair(base, chat, name, expected_shape)
     # reusing one buffer spares the page faults of a fresh d x d allocation per module
-    v = out if out is not None and out.shape == c.shape and out.dtype == c.dtype else torch.empty_like(c)
-    rt_v = None if right is None else torch.zeros(right.shape[1], c.shape[1], dtype=c.dtype)
-    rt = None if right is None else right.to(c.dtype).T
-    sq = 0.0
-    for i in range(0, c.shape[0], _ROWS):
-        blk = torch.sub(c[i:i + _ROWS], b[i:i + _ROWS], out=v[i:i + _ROWS])
-        flat = blk.reshape(-1)
-        sq += float(torch.dot(flat, flat))  # NaN/inf anywhere makes the sum non-finite
-        if rt_v is not None:
-            rt_v.addmm_(rt[:, i:i + _ROWS], blk)
-    norm = math.sqrt(sq) if math.isfinite(sq) else sq
-    if not math.isfinite(norm):
-        for w, which in ((chat, "chat"), (base, "base")):
-            if not torch.isfinite(w.get(name)).all():
-                raise ValueError(f"{name} in {w.path} contains NaN or inf; the {which} checkpoint is corrupt.")
-        raise ValueError(f"{name}: chat - base overflows float32; the checkpoints are not comparable.")
-    return v, norm, rt_v
+    fits = out is not None and out.shape == c_t.shape and out.dtype == c_t.dtype and out.is_contiguous()
+    v_t = out if fits else torch.empty_like(c_t, memory_format=torch.contiguous_format)
+    with contextlib.nullcontext(workers) if workers is not None else RowWorkers() as w:
+        sq, rt_v = _difference_pass(c_t.numpy(), b_t.numpy(), w, v=v_t.numpy(), right=right)
+    return v_t, _checked_norm(sq, base, chat, name), rt_v
 
 
 def alignment_matrix(base: SafetensorsWeights | PathLike, chat: SafetensorsWeights | PathLike, name: str,
@@ -438,16 +535,29 @@ def compute_projections(factors: Mapping[str, LoraFactors], base: SafetensorsWei
         raise ValueError("No LoRA modules given; load them with load_lora_factors first.")
     base, chat = _as_weights(base), _as_weights(chat)
     out, buf = {}, None
-    for i, (name, f) in enumerate(tqdm(factors.items(), desc="alignment", disable=not progress, leave=False)):
-        v, norm, bt_v = _read_alignment(base, chat, name, f.shape, out=buf,
-                                        right=f.B if projector == "approx" else None)
-        proj = Projector.from_alignment(v, projector, rtol=rtol, rank=rank, fro_norm=norm)
-        null = rotation_null_distances(proj, f, null_samples, seed + i) if null_samples else None
-        # approx: C B = V (B^T V)^T / ||V||_F, with B^T V from the reading pass
-        cb = v @ bt_v.T / norm if bt_v is not None else proj.apply(f.B)
-        out[name] = LayerProjection(factors=f, CB=cb.float(), kind=projector, null_distances=null)
-        buf = v  # reused by the next module of the same shape
-        del proj
+    with RowWorkers() as workers:
+        for i, (name, f) in enumerate(tqdm(factors.items(), desc="alignment", disable=not progress,
+                                           leave=False)):
+            if projector == "approx" and not null_samples:
+                # only C B is needed: V is never stored, its blocks are formed twice in cache
+                c_t, b_t = _load_pair(base, chat, name, f.shape)
+                c, b = c_t.numpy(), b_t.numpy()
+                sq, bt_v = _difference_pass(c, b, workers, right=f.B)
+                norm = _checked_norm(sq, base, chat, name)
+                # C B = V (B^T V)^T / ||V||_F
+                cb = _difference_times(bt_v.T, workers, c=c, b=b) / norm
+                null = None
+                del c, b, c_t, b_t
+            else:
+                v, norm, bt_v = _read_alignment(base, chat, name, f.shape, out=buf, workers=workers,
+                                                right=f.B if projector == "approx" else None)
+                proj = Projector.from_alignment(v, projector, rtol=rtol, rank=rank, fro_norm=norm)
+                null = rotation_null_distances(proj, f, null_samples, seed + i) if null_samples else None
+                cb = (_difference_times(bt_v.T, workers, v=v.numpy()) / norm
+                      if bt_v is not None else proj.apply(f.B))
+                buf = v  # reused by the next module of the same shape
+                del proj
+            out[name] = LayerProjection(factors=f, CB=cb.float(), kind=projector, null_distances=null)
     return out
 
 

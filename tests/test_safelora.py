@@ -14,6 +14,7 @@ from safealign_lib.finetune import save_adapter
 from safealign_lib.safelora import (
     LoraFactors,
     Projector,
+    RowWorkers,
     SafetensorsWeights,
     alignment_matrix,
     compute_projections,
@@ -237,12 +238,53 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     save_file({**w, QV[1]: torch.full((8, 8), float("inf"))}, str(tmp_path / "bad" / "model.safetensors"))
     with pytest.raises(ValueError, match="v_proj.weight.*NaN or inf"):
         alignment_matrix(base, tmp_path / "bad", QV[1])
+    with pytest.raises(ValueError, match="v_proj.weight.*NaN or inf"):  # the path that never stores V
+        compute_projections({QV[1]: _random_factors(8, 8)}, base, tmp_path / "bad")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SafetensorsWeights(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="zero"):
         Projector.from_alignment(torch.zeros(4, 4))
     with pytest.raises(ValueError, match="Unknown projector"):
         Projector.from_alignment(torch.ones(4, 4), "svd")
+
+
+def test_row_workers_split_every_row_once_and_give_the_one_thread_result(tmp_path):
+    from threadpoolctl import threadpool_info
+
+    from safealign_lib.safelora import _ROWS, _difference_times, _read_alignment
+
+    g = torch.Generator().manual_seed(9)
+    d_out, d_in = 1100, 1000  # above the parallel threshold; rows not a multiple of the block
+    w = {QV[0]: torch.randn(d_out, d_in, generator=g)}
+    base, chat = _write_models(tmp_path, w, {QV[0]: torch.randn(d_out, d_in, generator=g) * 1e-2})
+    base, chat = SafetensorsWeights(base), SafetensorsWeights(chat)
+    right = torch.randn(d_out, 8, generator=g)
+    v64 = chat.get(QV[0], torch.float64) - base.get(QV[0], torch.float64)
+    before = [i["num_threads"] for i in threadpool_info()]
+    results = {}
+    for n in (1, 2, 3):
+        with RowWorkers(n) as workers:
+            seen = []
+            workers.map_rows(lambda lo, hi, seen=seen: seen.append((lo, hi)), d_out, d_out * d_in)
+            assert sorted(seen)[0][0] == 0 and sorted(seen)[-1][1] == d_out
+            assert all(a[1] == b[0] for a, b in zip(sorted(seen), sorted(seen)[1:], strict=False))
+            assert len(seen) == min(n, -(-d_out // _ROWS))
+            v, norm, rt_v = _read_alignment(base, chat, QV[0], (d_out, d_in), right=right, workers=workers)
+            cv = _difference_times(rt_v.T, workers, v=v.numpy())
+            c_t, b_t = chat.get(QV[0]), base.get(QV[0])
+            torch.testing.assert_close(_difference_times(rt_v.T, workers, c=c_t.numpy(), b=b_t.numpy()), cv,
+                                       rtol=1e-5, atol=1e-5)  # V formed again in cache
+        results[n] = v, norm, rt_v, cv
+        torch.testing.assert_close(v.double(), v64, rtol=0, atol=1e-6)
+        assert norm == pytest.approx(float(v.double().norm()), rel=1e-7)
+        torch.testing.assert_close(rt_v.double(), right.double().T @ v64, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(cv.double(), v64 @ (v64.T @ right.double()), rtol=1e-4, atol=1e-4)
+    assert [i["num_threads"] for i in threadpool_info()] == before  # BLAS threads given back
+    torch.testing.assert_close(results[2][0], results[1][0], rtol=0, atol=0)  # same V, bit for bit
+    for n in (2, 3):
+        torch.testing.assert_close(results[n][3], results[1][3], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="n_threads"):
+        RowWorkers(0)
 
 
 def test_adapter_for_another_model_is_refused(tmp_path):
