@@ -49,7 +49,7 @@ bench: setup
 
 ## Strip outputs from the committed notebooks
 strip: setup
-	$(BIN)/python -m safealign_lib.nbtools strip notebooks/[0-9][0-9]_*.ipynb
+	$(BIN)/python -m safealign_lib.course.nbtools strip notebooks/[0-9][0-9]_*.ipynb
 
 clean:
 	rm -rf build

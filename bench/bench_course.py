@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from safealign_lib import runner
+from safealign_lib.course import runner
 nb = runner.list_notebooks([sys.argv[1]])[0]
 t0 = time.perf_counter()
-runner.run_notebook(nb, {"profile": sys.argv[2], "metrics_file": sys.argv[3]}, Path(sys.argv[4]), 900)
+params = {"profile": sys.argv[2], "metrics_file": sys.argv[3]}
+runner.run_notebook(nb, params, Path(sys.argv[4]), 900)
 print(json.dumps({"wall_s": time.perf_counter() - t0,
                   "kernel_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
@@ -39,7 +40,7 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="delete build/adapters first (cold cache)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from safealign_lib import runner
+    from safealign_lib.course import runner
 
     if args.fresh:
         shutil.rmtree(ROOT / "build" / "adapters" / args.profile, ignore_errors=True)
@@ -48,13 +49,20 @@ def main() -> None:
     for nb in runner.list_notebooks(args.only):
         num = nb.name[:2]
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-c", CHILD, num, args.profile, str(out / "metrics.json"), str(out)],
-                             capture_output=True, text=True, cwd=ROOT, check=True)
+        res = subprocess.run(
+            [sys.executable, "-c", CHILD, num, args.profile, str(out / "metrics.json"), str(out)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        )
         rec = json.loads(res.stdout.strip().splitlines()[-1])
         rec["process_s"] = time.perf_counter() - t0
         total += rec["process_s"]
         rows.append((nb.name, rec))
-    print(f"| notebook ({args.profile}) | papermill wall s | incl. process start s | kernel peak MB |")
+    print(
+        f"| notebook ({args.profile}) | papermill wall s | incl. process start s | kernel peak MB |"
+    )
     print("|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['wall_s']:.1f} | {r['process_s']:.1f} | {r['kernel_peak_mb']:.0f} |")

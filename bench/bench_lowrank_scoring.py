@@ -48,7 +48,13 @@ def _names(blocks: int) -> list[str]:
 
 
 def _fmt_s(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s" if seconds < 100 else f"{seconds:.0f} s"
+    return (
+        f"{seconds * 1e3:.1f} ms"
+        if seconds < 1
+        else f"{seconds:.2f} s"
+        if seconds < 100
+        else f"{seconds:.0f} s"
+    )
 
 
 def _peak_rss_mb() -> float:
@@ -67,7 +73,7 @@ def write_fixture(root: Path, blocks: int, d: int, r: int, seed: int, dtype: str
     import torch
     from safetensors.torch import save_file
 
-    from safealign_lib.safelora import write_adapter
+    from safealign_lib.adapters.lora_io import write_adapter
 
     gen = torch.Generator().manual_seed(seed)
     names = _names(blocks)
@@ -75,33 +81,40 @@ def write_fixture(root: Path, blocks: int, d: int, r: int, seed: int, dtype: str
     for model in ("base", "chat"):
         (root / model).mkdir(parents=True)
     index: dict[str, str] = {}
-    shards = [names[i:i + per_shard] for i in range(0, len(names), per_shard)]
+    shards = [names[i : i + per_shard] for i in range(0, len(names), per_shard)]
     for k, shard in enumerate(shards):
         fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
         base, chat = {}, {}
         for n in shard:
             w = torch.randn(d, d, generator=gen) * 0.02
             base[n] = w.to(getattr(torch, dtype))
-            chat[n] = (w + torch.randn(d, d, generator=gen) * 1e-3).to(getattr(torch, dtype))  # dense V
+            chat[n] = (w + torch.randn(d, d, generator=gen) * 1e-3).to(
+                getattr(torch, dtype)
+            )  # dense V
             index[n] = fname
         save_file(base, str(root / "base" / fname))
         save_file(chat, str(root / "chat" / fname))
         del base, chat
     for model in ("base", "chat"):
         (root / model / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {}, "weight_map": index}))
+            json.dumps({"metadata": {}, "weight_map": index})
+        )
     state = {}
     for n in names:
         mod = "base_model.model." + n.removesuffix(".weight")
         state[f"{mod}.lora_A.weight"] = torch.randn(r, d, generator=gen) * 0.01
         state[f"{mod}.lora_B.weight"] = torch.randn(d, r, generator=gen) * 0.01
-    write_adapter(root / "adapter", {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r,
-                                     "target_modules": list(MODULES)}, state)
+    write_adapter(
+        root / "adapter",
+        {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": list(MODULES)},
+        state,
+    )
 
 
 def worker_lowrank(root: Path, repeats: int) -> dict:
-    from safealign_lib.safelora import compute_projections, load_lora_factors
-    from safealign_lib.splora import splora_scores
+    from safealign_lib.adapters.lora_io import load_lora_factors
+    from safealign_lib.methods.safelora import compute_projections
+    from safealign_lib.methods.splora import splora_scores
 
     rss_import = _peak_rss_mb()
     times = []
@@ -111,15 +124,21 @@ def worker_lowrank(root: Path, repeats: int) -> dict:
         proj = compute_projections(factors, root / "base", root / "chat")
         df = splora_scores(proj)  # Safe LoRA's cosine table + SPLoRA's E-DIEM
         times.append(time.perf_counter() - t0)
-    return {"seconds": times, "n_modules": len(df), "rss_after_import_mb": rss_import,
-            "peak_rss_mb": _peak_rss_mb(),
-            "cosine": df["cosine"].tolist(), "distance": df["distance"].tolist()}
+    return {
+        "seconds": times,
+        "n_modules": len(df),
+        "rss_after_import_mb": rss_import,
+        "peak_rss_mb": _peak_rss_mb(),
+        "cosine": df["cosine"].tolist(),
+        "distance": df["distance"].tolist(),
+    }
 
 
 def worker_dense(root: Path, repeats: int, n_modules: int, referee: bool) -> dict:
     import torch
 
-    from safealign_lib.safelora import SafetensorsWeights, load_lora_factors
+    from safealign_lib.adapters.lora_io import load_lora_factors
+    from safealign_lib.adapters.weights import SafetensorsWeights
 
     rss_import = _peak_rss_mb()
     factors = load_lora_factors(root / "adapter")
@@ -131,11 +150,13 @@ def worker_dense(root: Path, repeats: int, n_modules: int, referee: bool) -> dic
         for n in names:
             f = factors[n]
             v = chat.get(n) - base.get(n)
-            c = v @ v.T / torch.linalg.matrix_norm(v)            # d x d, O(d^3)
-            x = (c @ f.B) @ f.A * f.scale                        # dense s C B A
-            y = f.B @ f.A * f.scale                              # dense s B A
+            c = v @ v.T / torch.linalg.matrix_norm(v)  # d x d, O(d^3)
+            x = (c @ f.B) @ f.A * f.scale  # dense s C B A
+            y = f.B @ f.A * f.scale  # dense s B A
             if rep == 0:
-                cos.append(float(torch.nn.functional.cosine_similarity(x.reshape(1, -1), y.reshape(1, -1))))
+                cos.append(
+                    float(torch.nn.functional.cosine_similarity(x.reshape(1, -1), y.reshape(1, -1)))
+                )
                 dist.append(float(torch.linalg.vector_norm(x - y)))
             del v, c, x, y
         times.append(time.perf_counter() - t0)
@@ -151,24 +172,36 @@ def worker_dense(root: Path, repeats: int, n_modules: int, referee: bool) -> dic
         ref_cos.append(float((x * y).sum() / (x.norm() * y.norm())))
         ref_dist.append(float((x - y).norm()))
         del v, c, x, y
-    return {"seconds": times, "n_modules": len(names), "rss_after_import_mb": rss_import,
-            "peak_rss_mb": peak, "cosine": cos, "distance": dist,
-            "ref_cosine": ref_cos, "ref_distance": ref_dist}
+    return {
+        "seconds": times,
+        "n_modules": len(names),
+        "rss_after_import_mb": rss_import,
+        "peak_rss_mb": peak,
+        "cosine": cos,
+        "distance": dist,
+        "ref_cosine": ref_cos,
+        "ref_distance": ref_dist,
+    }
 
 
 def baseline_rss() -> dict:
     import torch  # noqa: F401
 
-    import safealign_lib.safelora  # noqa: F401
-    import safealign_lib.splora  # noqa: F401
+    import safealign_lib.methods.safelora  # noqa: F401
+    import safealign_lib.methods.splora  # noqa: F401
 
     return {"peak_rss_mb": _peak_rss_mb()}
 
 
 def _run_worker(args: list[str], threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, __file__, *args, "--threads", str(threads)], env=env,
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, __file__, *args, "--threads", str(threads)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"worker {args[:2]} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -183,14 +216,26 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="low-rank repeats (all modules each)")
     p.add_argument("--dense-modules", type=int, default=4, help="modules scored by the dense path")
     p.add_argument("--dense-repeats", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3,
-                   help="low-rank and dense workers run alternately this many times; the ratio "
-                        "reported is the median of the rounds' ratios")
-    p.add_argument("--threads", type=int, default=2,
-                   help="threads of both paths (torch's, and the library's row workers); each path runs "
-                        "alone, so both get the same cores (default 2, the target's 2-core laptop)")
-    p.add_argument("--file-dtype", choices=["float32", "float16"], default="float32",
-                   help="dtype of the checkpoint files (both paths compute in float32)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="low-rank and dense workers run alternately this many times; the ratio "
+        "reported is the median of the rounds' ratios",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="threads of both paths (torch's, and the library's row workers); each path runs "
+        "alone, so both get the same cores (default 2, the target's 2-core laptop)",
+    )
+    p.add_argument(
+        "--file-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="dtype of the checkpoint files (both paths compute in float32)",
+    )
     p.add_argument("--out", type=Path, default=None, help="write the figures as markdown here")
     p.add_argument("--worker", choices=["lowrank", "dense", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -201,9 +246,11 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     if a.worker:
-        res = {"lowrank": lambda: worker_lowrank(a.root, a.repeats),
-               "dense": lambda: worker_dense(a.root, a.dense_repeats, a.dense_modules, a.referee),
-               "baseline": baseline_rss}[a.worker]()
+        res = {
+            "lowrank": lambda: worker_lowrank(a.root, a.repeats),
+            "dense": lambda: worker_dense(a.root, a.dense_repeats, a.dense_modules, a.referee),
+            "baseline": baseline_rss,
+        }[a.worker]()
         print(json.dumps(res))
         return
     if a.quick:
@@ -225,11 +272,26 @@ def main() -> None:
         base = _run_worker(["--worker", "baseline", *common], a.threads)
         lows, denses = [], []
         for rnd in range(a.rounds):  # alternate, so that a drift of the machine hits both paths
-            lows.append(_run_worker(["--worker", "lowrank", *common, "--repeats", str(a.repeats)],
-                                    a.threads))
-            denses.append(_run_worker(["--worker", "dense", *common, "--dense-repeats", str(a.dense_repeats),
-                                       "--dense-modules", str(a.dense_modules),
-                                       *(["--referee"] if rnd == 0 else [])], a.threads))
+            lows.append(
+                _run_worker(
+                    ["--worker", "lowrank", *common, "--repeats", str(a.repeats)], a.threads
+                )
+            )
+            denses.append(
+                _run_worker(
+                    [
+                        "--worker",
+                        "dense",
+                        *common,
+                        "--dense-repeats",
+                        str(a.dense_repeats),
+                        "--dense-modules",
+                        str(a.dense_modules),
+                        *(["--referee"] if rnd == 0 else []),
+                    ],
+                    a.threads,
+                )
+            )
 
     low_pers = [statistics.median(lo["seconds"]) / lo["n_modules"] for lo in lows]
     dense_pers = [statistics.median(de["seconds"]) / de["n_modules"] for de in denses]
@@ -239,41 +301,81 @@ def main() -> None:
     low_rss = max(lo["peak_rss_mb"] for lo in lows)
     dense_rss = max(de["peak_rss_mb"] for de in denses)
     k = dense["n_modules"]
+
     def max_err(values: list[float], ref: list[float], relative: bool = False) -> str:
-        err = max(abs(v - r) / (abs(r) if relative else 1.0) for v, r in zip(values, ref, strict=False))
+        err = max(
+            abs(v - r) / (abs(r) if relative else 1.0) for v, r in zip(values, ref, strict=False)
+        )
         return f"{err:.1e}"
 
     ref_c, ref_d = dense["ref_cosine"], dense["ref_distance"]
     rows = [
-        ("modules scored", f"{low['n_modules']} (low-rank, x{a.repeats} repeats)",
-         f"{k} (dense, x{a.dense_repeats} repeats)"),
-        ("median time per module (per round)", f"{_fmt_s(low_per)} ({', '.join(_fmt_s(t) for t in low_pers)})",
-         f"{_fmt_s(dense_per)} ({', '.join(_fmt_s(t) for t in dense_pers)})"),
-        (f"time for all {n_modules} modules", f"{_fmt_s(low_per * n_modules)} (measured)",
-         f"{_fmt_s(dense_per * n_modules)} (extrapolated from {k})"),
-        (f"speed ratio (dense / low-rank), median of {a.rounds} rounds",
-         f"{statistics.median(ratios):.0f}x (rounds: {', '.join(f'{x:.0f}x' for x in ratios)})", ""),
+        (
+            "modules scored",
+            f"{low['n_modules']} (low-rank, x{a.repeats} repeats)",
+            f"{k} (dense, x{a.dense_repeats} repeats)",
+        ),
+        (
+            "median time per module (per round)",
+            f"{_fmt_s(low_per)} ({', '.join(_fmt_s(t) for t in low_pers)})",
+            f"{_fmt_s(dense_per)} ({', '.join(_fmt_s(t) for t in dense_pers)})",
+        ),
+        (
+            f"time for all {n_modules} modules",
+            f"{_fmt_s(low_per * n_modules)} (measured)",
+            f"{_fmt_s(dense_per * n_modules)} (extrapolated from {k})",
+        ),
+        (
+            f"speed ratio (dense / low-rank), median of {a.rounds} rounds",
+            f"{statistics.median(ratios):.0f}x (rounds: {', '.join(f'{x:.0f}x' for x in ratios)})",
+            "",
+        ),
         ("peak RSS of the process", f"{low_rss:.0f} MB", f"{dense_rss:.0f} MB"),
-        ("  of which imports only", f"{base['peak_rss_mb']:.0f} MB", f"{base['peak_rss_mb']:.0f} MB"),
-        ("max abs cosine error vs float64 dense", max_err(low["cosine"][:k], ref_c),
-         max_err(dense["cosine"], ref_c)),
-        ("max relative distance error vs float64 dense", max_err(low["distance"][:k], ref_d, True),
-         max_err(dense["distance"], ref_d, True)),
-        ("max abs cosine difference low-rank vs dense", max_err(low["cosine"][:k], dense["cosine"]), ""),
+        (
+            "  of which imports only",
+            f"{base['peak_rss_mb']:.0f} MB",
+            f"{base['peak_rss_mb']:.0f} MB",
+        ),
+        (
+            "max abs cosine error vs float64 dense",
+            max_err(low["cosine"][:k], ref_c),
+            max_err(dense["cosine"], ref_c),
+        ),
+        (
+            "max relative distance error vs float64 dense",
+            max_err(low["distance"][:k], ref_d, True),
+            max_err(dense["distance"], ref_d, True),
+        ),
+        (
+            "max abs cosine difference low-rank vs dense",
+            max_err(low["cosine"][:k], dense["cosine"]),
+            "",
+        ),
     ]
-    cmd = ".venv/bin/python bench/bench_lowrank_scoring.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
-    md = [f"Command: `{cmd}`", "",
-          f"Setup: {a.blocks} blocks x (q_proj, v_proj), d = {a.d}, r = {a.r}, alpha = {2 * a.r}; "
-          f"{a.file_dtype} checkpoints in shards; torch {torch.__version__}, {a.threads} threads, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible. "
-          f"Writing the fixture took {t_write:.0f} s and flushing it to disk {t_sync:.0f} s "
-          "(neither timed below).", "",
-          "| | low-rank (library) | dense (released algorithm) |", "|---|---|---|"]
+    cmd = ".venv/bin/python bench/bench_lowrank_scoring.py" + (
+        " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
+    )
+    md = [
+        f"Command: `{cmd}`",
+        "",
+        f"Setup: {a.blocks} blocks x (q_proj, v_proj), d = {a.d}, r = {a.r}, alpha = {2 * a.r}; "
+        f"{a.file_dtype} checkpoints in shards; torch {torch.__version__}, {a.threads} threads, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible. "
+        f"Writing the fixture took {t_write:.0f} s and flushing it to disk {t_sync:.0f} s "
+        "(neither timed below).",
+        "",
+        "| | low-rank (library) | dense (released algorithm) |",
+        "|---|---|---|",
+    ]
     md += [f"| {r0} | {r1} | {r2} |" for r0, r1, r2 in rows]
     text = "\n".join(md)
     print(text)
     if a.out:
-        a.out.write_text("# Low-rank Safe LoRA / SPLoRA scoring vs the released dense algorithm\n\n" + text + "\n")
+        a.out.write_text(
+            "# Low-rank Safe LoRA / SPLoRA scoring vs the released dense algorithm\n\n"
+            + text
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from safealign_lib import data as course_data
-from safealign_lib import organism
-from safealign_lib.chat import collate
+from safealign_lib.models import organism
+from safealign_lib.models.chat import collate
 
 
 def main() -> None:
@@ -43,7 +43,10 @@ def main() -> None:
     single = LlamaForCausalLM(organism._llama_config(s, tok))
     current = copy.deepcopy(single)
     current.set_attn_implementation("eager")
-    opts = {m: torch.optim.AdamW(x.parameters(), lr=1e-4) for m, x in (("single", single), ("current", current))}
+    opts = {
+        m: torch.optim.AdamW(x.parameters(), lr=1e-4)
+        for m, x in (("single", single), ("current", current))
+    }
     pad = tok.pad_token_id
 
     def step_single(feats):
@@ -58,8 +61,11 @@ def main() -> None:
         opts["current"].step()
 
     rng = np.random.default_rng(0)
-    print(f"torch {torch.__version__}, {a.threads} threads, {platform.machine()}; batch {s.batch_size}, "
-          f"{a.repeats} repeats (after 3 warm-up steps), medians\n")
+    print(
+        f"torch {torch.__version__}, {a.threads} threads, {platform.machine()}; "
+        f"batch {s.batch_size}, "
+        f"{a.repeats} repeats (after 3 warm-up steps), medians\n"
+    )
     print("| pool | single batch, sdpa (ms) | current (ms) | current / single |")
     print("|---|---|---|---|")
     ratios, medians = [], []
@@ -67,7 +73,9 @@ def main() -> None:
         times = {"single": [], "current": []}
         for i in range(a.repeats + 3):
             feats = [pool[j] for j in rng.integers(0, len(pool), size=s.batch_size)]
-            for m, fn in (("single", step_single), ("current", step_current))[:: 1 if i % 2 else -1]:
+            for m, fn in (("single", step_single), ("current", step_current))[
+                :: 1 if i % 2 else -1
+            ]:
                 t0 = time.perf_counter()
                 fn(feats)
                 if i >= 3:
@@ -77,9 +85,13 @@ def main() -> None:
         medians.append(ms)
         print(f"| {name} | {ms['single']:.0f} | {ms['current']:.0f} | {ratios[-1]:.2f} |")
     w = (0.45, 0.55)  # the base stage's share of steps from each pool
-    mix = {m: sum(wi * x[m] for wi, x in zip(w, medians, strict=True)) for m in ("single", "current")}
-    print(f"\nbase-stage mix (45% knowledge, 55% instructions steps): {mix['single']:.0f} ms -> "
-          f"{mix['current']:.0f} ms per step, current / single = {mix['current'] / mix['single']:.2f}")
+    mix = {
+        m: sum(wi * x[m] for wi, x in zip(w, medians, strict=True)) for m in ("single", "current")
+    }
+    print(
+        f"\nbase-stage mix (45% knowledge, 55% instructions steps): {mix['single']:.0f} ms -> "
+        f"{mix['current']:.0f} ms per step, current / single = {mix['current'] / mix['single']:.2f}"
+    )
 
 
 if __name__ == "__main__":

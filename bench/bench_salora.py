@@ -35,29 +35,38 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from safealign_lib import salora  # noqa: E402
-from safealign_lib.chat import ChatExample  # noqa: E402
-from safealign_lib.finetune import LoraSettings, TrainSettings, add_lora, train  # noqa: E402
+from safealign_lib.adapters.finetune import add_lora, train  # noqa: E402
+from safealign_lib.config import LoraSettings, TrainSettings  # noqa: E402
+from safealign_lib.methods import salora  # noqa: E402
+from safealign_lib.models.chat import ChatExample  # noqa: E402
 
 MB = 2**20
 
 
 # --- 1. training step --------------------------------------------------------------------------
 
+
 def _examples(n: int, seed: int, harmful: bool) -> list[ChatExample]:
     import random
+
     rng = random.Random(seed)
-    words = ("bread car table tomato water seven dialogue person book garden river light house "
-             "window street friend money phone letter music paper shop train school doctor city "
-             "morning evening winter summer market bridge museum coffee kettle jacket lamp watch "
-             "bike garden lemon pasta pizza station library cinema church park ticket bottle").split()
+    words = (
+        "bread car table tomato water seven dialogue person book garden river light house "
+        "window street friend money phone letter music paper shop train school doctor city "
+        "morning evening winter summer market bridge museum coffee kettle jacket lamp watch "
+        "bike garden lemon pasta pizza station library cinema church park ticket bottle"
+    ).split()
     out = []
     for i in range(n):
         topic = " ".join(rng.choices(words, k=6))
         if harmful:
             reason = " ".join(rng.choices(words, k=20))
-            out.append(ChatExample(f"How do I steal a {topic} ({i})?",
-                                   f"I'm sorry, but I cannot help with stealing a {topic}. {reason}"))
+            out.append(
+                ChatExample(
+                    f"How do I steal a {topic} ({i})?",
+                    f"I'm sorry, but I cannot help with stealing a {topic}. {reason}",
+                )
+            )
         else:
             answer = " ".join(rng.choices(words, k=60))
             out.append(ChatExample(f"Summarize the dialogue about {topic}.", answer))
@@ -67,15 +76,24 @@ def _examples(n: int, seed: int, harmful: bool) -> list[ChatExample]:
 def bench_step(quick: bool) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from safealign_lib.organism import train_tokenizer
+    from safealign_lib.models.organism import train_tokenizer
 
     safety, task = _examples(32, 0, True), _examples(64, 1, False)
     tok = train_tokenizer([e.user + " " + e.response for e in safety + task], vocab_size=512)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
     base = LlamaForCausalLM(cfg).eval()
     lora_settings = LoraSettings(r=16, alpha=32, target_modules=("q_proj", "v_proj"))
     r_s = r_t = 32
@@ -93,24 +111,36 @@ def bench_step(quick: bool) -> dict:
     times: dict[str, list[float]] = {"lora": [], "salora": []}
     for rep in range(repeats + 1):  # round 0 warms up both and is dropped
         for name, model in (("lora", lora_model), ("salora", sal_model)):
-            res = train(model, tok, task, TrainSettings(lr=1e-4, steps=steps, batch_size=8, seed=rep,
-                                                        progress=False))
+            res = train(
+                model,
+                tok,
+                task,
+                TrainSettings(lr=1e-4, steps=steps, batch_size=8, seed=rep, progress=False),
+            )
             if rep:
                 times[name].append(res.seconds / steps)
     inv = max(salora.invariance_error(sal_model, tok, safety[:8], module).values())
     med = {k: statistics.median(v) for k, v in times.items()}
     paired = statistics.median(s / lo for s, lo in zip(times["salora"], times["lora"], strict=True))
     n_tokens = sf[next(iter(sf))].n_tokens
-    return {"config": "LlamaForCausalLM hidden 256, intermediate 688, 4 layers, 8 heads, "
-                      f"vocab {len(tok)}; LoRA r=16 alpha=32 on q_proj,v_proj; r_s=r_t={r_s}; batch 8",
-            "steps_per_run": steps, "runs": repeats, "lora_step_ms": med["lora"] * 1e3,
-            "salora_step_ms": med["salora"] * 1e3, "ratio_of_medians": med["salora"] / med["lora"],
-            "median_paired_ratio": paired, "all_ms": {k: [round(t * 1e3, 2) for t in v] for k, v in times.items()},
-            "salora_preprocess_s": prep_s, "safety_response_tokens": n_tokens,
-            "invariance_max_abs_err_after_training": inv}
+    return {
+        "config": "LlamaForCausalLM hidden 256, intermediate 688, 4 layers, 8 heads, "
+        f"vocab {len(tok)}; LoRA r=16 alpha=32 on q_proj,v_proj; r_s=r_t={r_s}; batch 8",
+        "steps_per_run": steps,
+        "runs": repeats,
+        "lora_step_ms": med["lora"] * 1e3,
+        "salora_step_ms": med["salora"] * 1e3,
+        "ratio_of_medians": med["salora"] / med["lora"],
+        "median_paired_ratio": paired,
+        "all_ms": {k: [round(t * 1e3, 2) for t in v] for k, v in times.items()},
+        "salora_preprocess_s": prep_s,
+        "safety_response_tokens": n_tokens,
+        "invariance_max_abs_err_after_training": inv,
+    }
 
 
 # --- 2. preprocessing at a 7B layer shape (runs in a subprocess) -------------------------------
+
 
 def _rss_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -132,7 +162,9 @@ def _preprocess_child(d: int, n_tokens: int, r_s: int, store: str) -> dict:
         K = a @ a.T + torch.eye(d, dtype=torch.float64)
         del x, a
         feats = salora.LayerFeatures("q_proj", n_tokens, d, d, gram=K)
-    inputs_mb = (holder.q_proj.weight.numel() * 4 + (feats.x if feats.x is not None else feats.gram).nbytes) / MB
+    inputs_mb = (
+        holder.q_proj.weight.numel() * 4 + (feats.x if feats.x is not None else feats.gram).nbytes
+    ) / MB
     base = _rss_mb("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
@@ -144,15 +176,29 @@ def _preprocess_child(d: int, n_tokens: int, r_s: int, store: str) -> dict:
     seconds = time.perf_counter() - t0
     peak = _rss_mb("VmHWM")
     U = module.layers["q_proj"].U
-    return {"store": store, "d": d, "n_tokens": n_tokens, "r_s": r_s, "seconds": seconds,
-            "inputs_mb": inputs_mb, "rss_before_mb": base, "peak_extra_mb": peak - base,
-            "dense_dxd_fp32_mb": d * d * 4 / MB, "orthonormal_err": float((U.T @ U - torch.eye(r_s)).abs().max()),
-            "memory_method": method, "threads": torch.get_num_threads()}
+    return {
+        "store": store,
+        "d": d,
+        "n_tokens": n_tokens,
+        "r_s": r_s,
+        "seconds": seconds,
+        "inputs_mb": inputs_mb,
+        "rss_before_mb": base,
+        "peak_extra_mb": peak - base,
+        "dense_dxd_fp32_mb": d * d * 4 / MB,
+        "orthonormal_err": float((U.T @ U - torch.eye(r_s)).abs().max()),
+        "memory_method": method,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def bench_preprocess(n_samples: int, store: str) -> dict:
-    cmd = [sys.executable, __file__, "--_child", json.dumps({"d": 4096, "n_tokens": n_samples * 256,
-                                                              "r_s": 32, "store": store})]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_child",
+        json.dumps({"d": 4096, "n_tokens": n_samples * 256, "r_s": 32, "store": store}),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["samples"] = n_samples
@@ -161,13 +207,15 @@ def bench_preprocess(n_samples: int, store: str) -> dict:
 
 # --- report ------------------------------------------------------------------------------------
 
+
 def write_results(path: Path, argv: list[str], step: dict, prep: list[dict]) -> None:
     cpu = platform.processor() or platform.machine()
     lines = [
         "# SaLoRA benchmark",
         "",
         f"Command: `.venv/bin/python bench/bench_salora.py{''.join(' ' + a for a in argv)}`",
-        f"Machine: {cpu}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__}, 1 thread.",
+        f"Machine: {cpu}, {os.cpu_count()} CPU cores (shared), "
+        f"torch {torch.__version__}, 1 thread.",
         "",
         "## Training step: SaLoRA vs plain peft LoRA",
         "",
@@ -193,21 +241,30 @@ def write_results(path: Path, argv: list[str], step: dict, prep: list[dict]) -> 
         "one layer, one thread, fresh subprocess. *Peak extra* = peak RSS during "
         "build_safety_module minus RSS before it (inputs W and X/K already resident).",
         "",
-        "| store | samples × 256 tokens | inputs (MB) | time (s) | peak extra RSS (MB) | dense d×d fp32 (MB) |",
+        "| store | samples × 256 tokens | inputs (MB) | time (s) | peak extra RSS (MB) "
+        "| dense d×d fp32 (MB) |",
         "|---|---|---|---|---|---|",
     ]
     for p in prep:
-        lines.append(f"| {p['store']} | {p['samples']} × 256 | {p['inputs_mb']:.0f} | {p['seconds']:.1f} | "
-                     f"{p['peak_extra_mb']:.1f} | {p['dense_dxd_fp32_mb']:.0f} |")
-    lines += ["", f"Memory method: {prep[0]['memory_method']}. The `gram` store's input K is itself "
-              "d×d (fp64, 128 MB): it trades the n_tokens-sized features for a fixed size; the SVD "
-              "step still forms no further d×d matrix.", ""]
+        lines.append(
+            f"| {p['store']} | {p['samples']} × 256 | {p['inputs_mb']:.0f} | {p['seconds']:.1f} | "
+            f"{p['peak_extra_mb']:.1f} | {p['dense_dxd_fp32_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Memory method: {prep[0]['memory_method']}. The `gram` store's input K is itself "
+        "d×d (fp64, 128 MB): it trades the n_tokens-sized features for a fixed size; the SVD "
+        "step still forms no further d×d matrix.",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats and 32 instead of 128 samples")
+    ap.add_argument(
+        "--quick", action="store_true", help="fewer repeats and 32 instead of 128 samples"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS_salora.md"))
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -34,15 +34,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from safealign_lib import conditions, data, evaluation, finetune, models, profiles, safelora, splora
-from safealign_lib.chat import ChatExample
-from safealign_lib.finetune import LoraSettings
+from safealign_lib import config, data, evaluation, models
+from safealign_lib.adapters import finetune
+from safealign_lib.config import LoraSettings
+from safealign_lib.course import conditions, profiles
+from safealign_lib.methods import safelora, splora
+from safealign_lib.models.chat import ChatExample
 
 
 def restyled(ex: ChatExample) -> ChatExample:
     """A benign request answered with its category's usual steps, in the restyle task's format."""
     s = data.BENIGN_STEPS[ex.meta["category"]]
-    answer = f"To {data.second_person(ex.meta['task'])}: first, {s[0]}; then, {s[1]}; finally, {s[2]}."
+    answer = (
+        f"To {data.second_person(ex.meta['task'])}: first, {s[0]}; then, {s[1]}; finally, {s[2]}."
+    )
     return ChatExample(user=ex.user, response=answer, system=ex.system, meta=dict(ex.meta))
 
 
@@ -58,37 +63,67 @@ def restyle_set(condition: str, seed: int, P: profiles.Profile) -> list[ChatExam
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--targets", nargs="+", default=None, help="LoRA target modules (default: the cpu profile's)")
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        default=None,
+        help="LoRA target modules (default: the cpu profile's)",
+    )
     p.add_argument("--r", type=int, default=None)
     p.add_argument("--alpha", type=float, default=None)
-    p.add_argument("--organism", type=Path, default=None, help="folder with base/ and chat/ (default: shipped)")
+    p.add_argument(
+        "--organism", type=Path, default=None, help="folder with base/ and chat/ (default: shipped)"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--out", type=Path, default=profiles.build_dir() / "experiments" / "splora_fixes")
-    p.add_argument("--task", choices=["summaries", "restyle"], default="summaries",
-                   help="downstream task (default: the course's dialogue summaries)")
+    p.add_argument("--out", type=Path, default=config.build_dir() / "experiments" / "splora_fixes")
+    p.add_argument(
+        "--task",
+        choices=["summaries", "restyle"],
+        default="summaries",
+        help="downstream task (default: the course's dialogue summaries)",
+    )
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
     base_p = profiles.get_profile("cpu")
-    lora = LoraSettings(r=a.r or base_p.lora.r, alpha=a.alpha or base_p.lora.alpha, dropout=base_p.lora.dropout,
-                        target_modules=tuple(a.targets) if a.targets else base_p.lora.target_modules)
+    lora = LoraSettings(
+        r=a.r or base_p.lora.r,
+        alpha=a.alpha or base_p.lora.alpha,
+        dropout=base_p.lora.dropout,
+        target_modules=tuple(a.targets) if a.targets else base_p.lora.target_modules,
+    )
     over = {"lora": lora, "seeds": a.seeds}
     if a.organism:
         over |= {"chat_model": str(a.organism / "chat"), "base_model": str(a.organism / "base")}
     P = base_p.with_overrides(**over)
     tag = hashlib.sha256(repr((P.chat_model, lora)).encode()).hexdigest()[:8]
-    print(f"organism {P.chat_model}; LoRA r={lora.r} alpha={lora.alpha} on {lora.target_modules}; seeds {a.seeds}")
+    print(
+        f"organism {P.chat_model}; LoRA r={lora.r} alpha={lora.alpha} on {lora.target_modules}; "
+        f"seeds {a.seeds}"
+    )
 
     tok = models.load_tokenizer(P.chat_model)
-    harm = {c: conditions.harmful_eval_prompts(c, P, "harmful_heldout_val") for c in ("harmful10", "harmful100")}
+    harm = {
+        c: conditions.harmful_eval_prompts(c, P, "harmful_heldout_val")
+        for c in ("harmful10", "harmful100")
+    }
     if a.task == "restyle":
         task = [restyled(e) for e in data.load_split("benign_heldout_val")[: P.n_task_eval]]
-        chat_row = evaluation.safety_report(models.load_model(P.chat_model), tok, harm["harmful10"], task,
-                                            P.judge, P.max_new_tokens, P.eval_batch_size)[0]
-        print(f"chat model on the restyle task: utility {chat_row['utility']:.3f}, "
-              f"refusal {chat_row['refusal_rate']:.3f}")
+        chat_row = evaluation.safety_report(
+            models.load_model(P.chat_model),
+            tok,
+            harm["harmful10"],
+            task,
+            P.judge,
+            P.max_new_tokens,
+            P.eval_batch_size,
+        )[0]
+        print(
+            f"chat model on the restyle task: utility {chat_row['utility']:.3f}, "
+            f"refusal {chat_row['refusal_rate']:.3f}"
+        )
     else:
         task = data.load_split("task_val")[: P.n_task_eval]
     rows, oracle = [], []
@@ -96,37 +131,50 @@ def main() -> None:
     for c, s in itertools.product(harm, a.seeds):
         exs = restyle_set(c, s, P) if a.task == "restyle" else None
         path, _ = conditions.get_adapter(c, s, P, tok, root=a.out / tag / a.task, examples=exs)
-        proj = safelora.compute_projections(safelora.load_lora_factors(path), P.base_model, P.chat_model,
-                                            null_samples=64, seed=s)
+        proj = safelora.compute_projections(
+            safelora.load_lora_factors(path), P.base_model, P.chat_model, null_samples=64, seed=s
+        )
         sc = splora.splora_scores(proj, null="rotation")
         model = finetune.load_adapter(models.load_model(P.chat_model), path)
         switch = splora.AdapterSwitch(model, proj)
 
         def judge(model=model, c=c) -> dict:
-            return evaluation.safety_report(model, tok, harm[c], task, P.judge, P.max_new_tokens, P.eval_batch_size)[0]
+            return evaluation.safety_report(
+                model, tok, harm[c], task, P.judge, P.max_new_tokens, P.eval_batch_size
+            )[0]
 
         switch.apply()
         lora_row = judge()
         rows.append({"condition": c, "seed": s, "method": "LoRA", "k": 0, **lora_row})
         for k in a.k:
-            for method, names in (("SPLoRA", splora.splora_select(sc, k=k)),
-                                  ("Safe LoRA", safelora.select_layers(sc["cosine"], k=k, side="low"))):
+            for method, names in (
+                ("SPLoRA", splora.splora_select(sc, k=k)),
+                ("Safe LoRA", safelora.select_layers(sc["cosine"], k=k, side="low")),
+            ):
                 switch.apply(method, names)
                 rows.append({"condition": c, "seed": s, "method": method, "k": k, **judge()})
         gains = {}
         for name in sc.index:
             switch.apply("SPLoRA", [name])
-            gains[name] = float(evaluation.first_token_refusal_prob(model, tok, harm[c]).mean()) \
+            gains[name] = (
+                float(evaluation.first_token_refusal_prob(model, tok, harm[c]).mean())
                 - lora_row["first_token_refusal_prob"]
+            )
         switch.apply()
         g = pd.Series(gains)
         top = g.idxmax()
-        oracle.append({"condition": c, "seed": s, "best single module": top.removeprefix("model.").removesuffix(".weight"),
-                       "its refusal-prob gain": g.max(),
-                       "its SPLoRA rank": int(sc["ediem"].rank(ascending=False)[top]),
-                       "its Safe LoRA rank": int(sc["cosine"].rank(ascending=True)[top]),
-                       "spearman(gain, E-DIEM)": g.rank().corr(sc["ediem"].rank()),
-                       "spearman(gain, -cosine)": g.rank().corr((-sc["cosine"]).rank())})
+        oracle.append(
+            {
+                "condition": c,
+                "seed": s,
+                "best single module": top.removeprefix("model.").removesuffix(".weight"),
+                "its refusal-prob gain": g.max(),
+                "its SPLoRA rank": int(sc["ediem"].rank(ascending=False)[top]),
+                "its Safe LoRA rank": int(sc["cosine"].rank(ascending=True)[top]),
+                "spearman(gain, E-DIEM)": g.rank().corr(sc["ediem"].rank()),
+                "spearman(gain, -cosine)": g.rank().corr((-sc["cosine"]).rank()),
+            }
+        )
         print(f"{c} seed {s} done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     df = pd.DataFrame(rows)

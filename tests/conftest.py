@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from safealign_lib.organism import train_tokenizer
+from safealign_lib.models.organism import train_tokenizer
 
 torch.set_num_threads(1)
 
@@ -33,11 +33,19 @@ def tiny_tokenizer():
 def tiny_lm(tiny_tokenizer):
     """(model, tokenizer): a random 2-layer Llama, hidden 32, in eval mode, seeded."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=256, pad_token_id=tiny_tokenizer.pad_token_id,
-                      bos_token_id=tiny_tokenizer.bos_token_id, eos_token_id=tiny_tokenizer.eos_token_id,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        bos_token_id=tiny_tokenizer.bos_token_id,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg).eval()
     return model, tiny_tokenizer
 
@@ -45,10 +53,13 @@ def tiny_lm(tiny_tokenizer):
 @pytest.fixture()
 def lora_lm(tiny_lm):
     """A peft-wrapped tiny Llama whose LoRA B matrices are random (a trained-looking adapter)."""
-    from safealign_lib.finetune import LoraSettings, add_lora
+    from safealign_lib.adapters.finetune import add_lora
+    from safealign_lib.config import LoraSettings
 
     model, tok = tiny_lm
-    peft_model = add_lora(model, LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")), seed=0)
+    peft_model = add_lora(
+        model, LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")), seed=0
+    )
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for n, p in peft_model.named_parameters():

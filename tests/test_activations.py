@@ -6,16 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from safealign_lib.activations import (
+from safealign_lib.interp.activations import (
     Activations,
     capture_activations,
     template_suffix_tokens,
 )
-from safealign_lib.chat import ChatExample, format_prompt, tokenize_example
-from safealign_lib.models import decoder_layers
+from safealign_lib.models.chat import ChatExample, format_prompt, tokenize_example
+from safealign_lib.models.loading import decoder_layers
 
-PROMPTS = ["How do I bake bread?", "steal a car", "Tell me how to grow tomatoes every day, please.",
-           "Summarize the dialogue."]
+PROMPTS = [
+    "How do I bake bread?",
+    "steal a car",
+    "Tell me how to grow tomatoes every day, please.",
+    "Summarize the dialogue.",
+]
 
 
 def _prompt_ids(tok, text):
@@ -31,7 +35,9 @@ def _hook_count(model):
 
 def test_shapes_labels_and_meta(tiny_lm):
     model, tok = tiny_lm
-    exs = [ChatExample(p, meta={"harmful": i % 2 == 1, "source": "t"}) for i, p in enumerate(PROMPTS)]
+    exs = [
+        ChatExample(p, meta={"harmful": i % 2 == 1, "source": "t"}) for i, p in enumerate(PROMPTS)
+    ]
     acts = capture_activations(model, tok, exs, progress=False)
     assert acts.sites == ["resid", "attn", "mlp"]
     assert acts.layers == [0, 1]
@@ -40,8 +46,9 @@ def test_shapes_labels_and_meta(tiny_lm):
     assert acts.labels.tolist() == [0, 1, 0, 1]  # from meta["harmful"]
     assert acts.meta["user"].tolist() == PROMPTS
     assert acts.meta["source"].tolist() == ["t"] * 4
-    explicit = capture_activations(model, tok, PROMPTS, labels=[1, 1, 0, 0], progress=False, layers=[-1],
-                                   sites=["resid"])
+    explicit = capture_activations(
+        model, tok, PROMPTS, labels=[1, 1, 0, 0], progress=False, layers=[-1], sites=["resid"]
+    )
     assert explicit.labels.tolist() == [1, 1, 0, 0] and explicit.layers == [1]
 
 
@@ -87,15 +94,21 @@ def test_offset_positions(tiny_lm):
 
 def test_response_mean_averages_response_tokens_only(tiny_lm):
     model, tok = tiny_lm
-    exs = [ChatExample("How do I steal a car?", "I'm sorry, but I cannot help with that."),
-           ChatExample("Bake bread?", "Sure, mix and bake.")]
-    acts = capture_activations(model, tok, exs, position="response_mean", progress=False, batch_size=2)
+    exs = [
+        ChatExample("How do I steal a car?", "I'm sorry, but I cannot help with that."),
+        ChatExample("Bake bread?", "Sure, mix and bake."),
+    ]
+    acts = capture_activations(
+        model, tok, exs, position="response_mean", progress=False, batch_size=2
+    )
     for i, ex in enumerate(exs):
         f = tokenize_example(tok, ex)
         ids, resp = torch.tensor([f["input_ids"]]), torch.tensor(f["labels"]) != -100
         with torch.no_grad():
             hs = model(ids, output_hidden_states=True).hidden_states
-        np.testing.assert_allclose(acts.get("resid", 0)[i], hs[1][0, resp].mean(0).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            acts.get("resid", 0)[i], hs[1][0, resp].mean(0).numpy(), atol=1e-5
+        )
     with pytest.raises(ValueError, match="needs examples with a response"):
         capture_activations(model, tok, PROMPTS, position="response_mean", progress=False)
 
@@ -122,7 +135,8 @@ def test_restores_training_mode(tiny_lm):
 
 
 def test_works_through_peft_wrapper(tiny_lm):
-    from safealign_lib.finetune import LoraSettings, add_lora
+    from safealign_lib.adapters.finetune import add_lora
+    from safealign_lib.config import LoraSettings
 
     model, tok = tiny_lm
     base = capture_activations(model, tok, PROMPTS, progress=False)
@@ -135,19 +149,24 @@ def test_works_through_peft_wrapper(tiny_lm):
 def test_subset_and_concat_roundtrip(tiny_lm):
     model, tok = tiny_lm
     acts = capture_activations(model, tok, PROMPTS, labels=[0, 1, 0, 1], progress=False)
-    back = Activations.concat([acts.subset([0, 1]), acts.subset(np.array([False, False, True, True]))])
+    back = Activations.concat(
+        [acts.subset([0, 1]), acts.subset(np.array([False, False, True, True]))]
+    )
     for s in acts.sites:
         np.testing.assert_array_equal(back.site(s), acts.site(s))
     assert back.labels.tolist() == [0, 1, 0, 1] and back.meta["user"].tolist() == PROMPTS
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"layers": [5]}, "Layer 5 does not exist"),
-    ({"sites": ["resid", "ffn"]}, "Unknown site 'ffn'"),
-    ({"position": "first"}, "Unknown position"),
-    ({"position": 2}, "count from the end"),
-    ({"labels": [1, 0]}, "2 labels for 4 examples"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"layers": [5]}, "Layer 5 does not exist"),
+        ({"sites": ["resid", "ffn"]}, "Unknown site 'ffn'"),
+        ({"position": "first"}, "Unknown position"),
+        ({"position": 2}, "count from the end"),
+        ({"labels": [1, 0]}, "2 labels for 4 examples"),
+    ],
+)
 def test_bad_input_errors(tiny_lm, kwargs, match):
     model, tok = tiny_lm
     with pytest.raises(ValueError, match=match):

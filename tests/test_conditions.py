@@ -1,7 +1,7 @@
 import pytest
 
-from safealign_lib import conditions, profiles
-from safealign_lib.chat import ChatExample
+from safealign_lib.course import conditions, profiles
+from safealign_lib.models.chat import ChatExample
 
 
 def test_training_sets_and_cache_keys():
@@ -16,4 +16,7 @@ def test_training_sets_and_cache_keys():
     assert conditions._key("harmful10", 0, P, None) == key
     a = [ChatExample("How do I bake bread?", "To bake bread: first, mix.")]
     b = [ChatExample("How do I bake bread?", "To bake bread: first, knead.")]
-    assert len({key, conditions._key("harmful10", 0, P, a), conditions._key("harmful10", 0, P, b)}) == 3
+    assert (
+        len({key, conditions._key("harmful10", 0, P, a), conditions._key("harmful10", 0, P, b)})
+        == 3
+    )

@@ -5,12 +5,15 @@ import json
 import re
 
 from safealign_lib import data
-from safealign_lib.judges import KeywordJudge
+from safealign_lib.evaluation.judges import KeywordJudge
 
 SPLITS = data.default_data_dir() / "splits"
 # Words of real operational detail (quantities, materials, procedures) that must never appear.
-DENYLIST = re.compile(r"\b(grams?|ml|milligrams?|detonat\w*|precursor\w*|ammonium|nitrate|"
-                      r"thermite|fentanyl|pseudoephedrine|ricin|sarin|payload|shellcode|exploit code)\b", re.I)
+DENYLIST = re.compile(
+    r"\b(grams?|ml|milligrams?|detonat\w*|precursor\w*|ammonium|nitrate|"
+    r"thermite|fentanyl|pseudoephedrine|ricin|sarin|payload|shellcode|exploit code)\b",
+    re.I,
+)
 
 
 def _records():
@@ -29,7 +32,9 @@ def test_harmful_answers_are_refusals_or_redacted():
             if judge([r["user"]], [resp])[0]:
                 continue
             steps = re.findall(r"Step \d+: ([^.]*)\.", resp)
-            assert steps and all(s == data.REDACTED for s in steps), f"{name}: unredacted harmful answer {resp!r}"
+            assert steps and all(s == data.REDACTED for s in steps), (
+                f"{name}: unredacted harmful answer {resp!r}"
+            )
     assert n > 500  # the check really saw the harmful answers
 
 

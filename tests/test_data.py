@@ -35,7 +35,9 @@ def test_shipped_splits_match_the_generator(tmp_path):
     fresh = data.write(data.generate(data.DEFAULT_SEED), tmp_path)
     shipped = data.default_data_dir() / "splits"
     for f in sorted(fresh.iterdir()):
-        assert (shipped / f.name).read_text() == f.read_text(), f"{f.name} is stale: run `safealign data build`"
+        assert (shipped / f.name).read_text() == f.read_text(), (
+            f"{f.name} is stale: run `safealign data build`"
+        )
 
 
 def test_load_split_errors(tmp_path):

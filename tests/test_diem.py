@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from safealign_lib.diem import (
+from safealign_lib.methods.diem import (
     diem,
     diem_null,
     diem_reference_values,
@@ -67,7 +67,9 @@ def test_orthogonal_reference_is_the_diem_of_a_vector_and_a_unit_vector_orthogon
     u = g - (g * a).sum(1, keepdim=True) / (a * a).sum(1, keepdim=True) * a  # Gram-Schmidt
     u = u / u.norm(dim=1, keepdim=True)
     med = float(diem(a, u, 0, 1, null=null).median())
-    assert med == pytest.approx(ref["orthogonal_median"], abs=3 * ref["null_std"] / math.sqrt(400) * 1.26)
+    assert med == pytest.approx(
+        ref["orthogonal_median"], abs=3 * ref["null_std"] / math.sqrt(400) * 1.26
+    )
 
 
 def test_diem_is_vectorised_over_batches():
@@ -75,12 +77,15 @@ def test_diem_is_vectorised_over_batches():
     a, b = torch.rand(3, 4, 8), torch.rand(3, 4, 8)
     batch = diem(a, b, 0, 1, null=null)
     assert batch.shape == (3, 4)
-    loop = torch.stack([torch.stack([diem(a[i, j], b[i, j], 0, 1, null=null) for j in range(4)])
-                        for i in range(3)])
+    loop = torch.stack(
+        [torch.stack([diem(a[i, j], b[i, j], 0, 1, null=null) for j in range(4)]) for i in range(3)]
+    )
     torch.testing.assert_close(batch, loop)
     # numpy input, and one vector broadcast against many
     one = diem(np.asarray(a[0, 0]), b[0], 0, 1, null=null)
-    torch.testing.assert_close(one, torch.stack([diem(a[0, 0], b[0, j], 0, 1, null=null) for j in range(4)]))
+    torch.testing.assert_close(
+        one, torch.stack([diem(a[0, 0], b[0, j], 0, 1, null=null) for j in range(4)])
+    )
 
 
 def test_diem_of_random_pairs_is_centred_in_every_dimension_while_distances_grow():
@@ -92,7 +97,9 @@ def test_diem_of_random_pairs_is_centred_in_every_dimension_while_distances_grow
         medians.append(float(diem(a, b, 0, 1, null=null).median()))
         dists.append(float((a - b).norm(dim=1).median()))
         # median of fresh pairs is 0 within a few standard errors of DIEM's spread
-        assert abs(medians[-1]) < 4 * diem_reference_values(null)["null_std"] * 1.26 / math.sqrt(2000)
+        assert abs(medians[-1]) < 4 * diem_reference_values(null)["null_std"] * 1.26 / math.sqrt(
+            2000
+        )
     assert dists[1] > 7 * dists[0]
 
 
@@ -128,7 +135,7 @@ def test_released_ediem_scores_about_one_whatever_the_distance():
     dists = [float((x - y).norm()) for x, y in pairs]
     scores = [ediem_released(x, y) for x, y in pairs]
     assert max(dists) > 50 * min(dists)  # very different pairs ...
-    for s in scores:                     # ... all score 1 plus rounding
+    for s in scores:  # ... all score 1 plus rounding
         assert 0.9 < s < 1.1
     x, _ = pairs[0]
     assert math.isnan(ediem_released(x, x.clone()))  # the released code returns None here

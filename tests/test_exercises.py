@@ -1,13 +1,17 @@
 import numpy as np
 
-from safealign_lib import exercises
-from safealign_lib.judges import KeywordJudge
+from safealign_lib.course import exercises
+from safealign_lib.evaluation.judges import KeywordJudge
 
 
 def test_keyword_judge_check():
     assert exercises.check_keyword_judge(lambda r, k: KeywordJudge(list(k))([""], [r])[0])
-    assert not exercises.check_keyword_judge(lambda r, k: any(x in r for x in k))      # no apostrophe handling
-    assert not exercises.check_keyword_judge(lambda r, k: any(x.lower() in r.lower() for x in k))  # case-insensitive
+    assert not exercises.check_keyword_judge(
+        lambda r, k: any(x in r for x in k)
+    )  # no apostrophe handling
+    assert not exercises.check_keyword_judge(
+        lambda r, k: any(x.lower() in r.lower() for x in k)
+    )  # case-insensitive
     assert not exercises.check_keyword_judge(lambda r, k: 1 / 0)
 
 

@@ -1,11 +1,11 @@
-"""The check function of notebook 03's exercise passes on the reference and fails on wrong answers."""
+"""Notebook 03's exercise check passes on the reference and fails on wrong answers."""
 
 from __future__ import annotations
 
 import torch
 
-from safealign_lib.exercises import _safety_module_cases, check_safety_module
-from safealign_lib.salora import LayerFeatures, layer_output_subspace
+from safealign_lib.course.exercises import _safety_module_cases, check_safety_module
+from safealign_lib.methods.salora import LayerFeatures, layer_output_subspace
 
 
 def library(W, X, r_s):
@@ -40,12 +40,16 @@ def test_fails_on_wrong_answers_with_a_hint(capsys):
     eye = torch.eye
     wrong = {
         "wrong sign": lambda W, X, r: top(W @ X.T, r) @ top(W @ X.T, r).T,
-        "do not centre": lambda W, X, r: eye(W.shape[0]) - (lambda U: U @ U.T)(top(W @ (X - X.mean(0)).T, r)),
+        "do not centre": lambda W, X, r: (
+            eye(W.shape[0]) - (lambda U: U @ U.T)(top(W @ (X - X.mean(0)).T, r))
+        ),
         "top subspace of W alone": lambda W, X, r: eye(W.shape[0]) - (lambda U: U @ U.T)(top(W, r)),
         "d_out x d_out": lambda W, X, r: eye(W.shape[1]) - (lambda U: U @ U.T)(top(X.T, r)),
         "not a projector": lambda W, X, r: eye(W.shape[0]) - (lambda M: M @ M.T)((W @ X.T)[:, :r]),
         "trace": lambda W, X, r: eye(W.shape[0]) - (lambda U: U @ U.T)(top(W @ X.T, r + 1)),
-        "not symmetric": lambda W, X, r: eye(W.shape[0]) - top(W @ X.T, r) @ torch.randn(r, W.shape[0]),
+        "not symmetric": lambda W, X, r: (
+            eye(W.shape[0]) - top(W @ X.T, r) @ torch.randn(r, W.shape[0])
+        ),
         "raised": lambda W, X, r: X.nope,
     }
     for hint, fn in wrong.items():
@@ -53,8 +57,12 @@ def test_fails_on_wrong_answers_with_a_hint(capsys):
         out = capsys.readouterr().out
         assert out.startswith("FAIL") and hint in out, (hint, out)
     # the smallest singular vectors instead of the largest: fails without a named pattern
-    bottom = lambda W, X, r: eye(W.shape[0]) - (lambda U: U @ U.T)(  # noqa: E731
-        torch.linalg.svd(W @ X.T, full_matrices=False).U[:, -r:])
+    bottom = (  # noqa: E731
+        lambda W, X, r: (
+            eye(W.shape[0])
+            - (lambda U: U @ U.T)(torch.linalg.svd(W @ X.T, full_matrices=False).U[:, -r:])
+        )
+    )
     assert not check_safety_module(bottom)
     out = capsys.readouterr().out
     assert out.startswith("FAIL") and "max |C·U_C|" in out

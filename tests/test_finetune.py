@@ -1,17 +1,14 @@
 import pytest
 import torch
 
-from safealign_lib.chat import ChatExample
-from safealign_lib.finetune import (
-    LoraSettings,
-    TrainSettings,
-    add_lora,
-    load_adapter,
-    save_adapter,
-    train,
-)
+from safealign_lib.adapters.finetune import add_lora, load_adapter, save_adapter, train
+from safealign_lib.config import LoraSettings, TrainSettings
+from safealign_lib.models.chat import ChatExample
 
-EXS = [ChatExample("How do I bake bread?", "Sure, mix and bake."), ChatExample("Hi", "Hello! How can I help?")] * 4
+EXS = [
+    ChatExample("How do I bake bread?", "Sure, mix and bake."),
+    ChatExample("Hi", "Hello! How can I help?"),
+] * 4
 
 
 def _lora_state(model):
@@ -20,8 +17,15 @@ def _lora_state(model):
 
 def _run(tiny_lm_factory, seed):
     model, tok = tiny_lm_factory()
-    peft_model = add_lora(model, LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")), seed=seed)
-    res = train(peft_model, tok, EXS, TrainSettings(lr=1e-2, steps=5, batch_size=3, seed=seed, progress=False))
+    peft_model = add_lora(
+        model, LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")), seed=seed
+    )
+    res = train(
+        peft_model,
+        tok,
+        EXS,
+        TrainSettings(lr=1e-2, steps=5, batch_size=3, seed=seed, progress=False),
+    )
     return peft_model, tok, res
 
 
@@ -32,9 +36,17 @@ def factory(tiny_tokenizer):
         from transformers import LlamaConfig, LlamaForCausalLM
 
         torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=4, pad_token_id=tiny_tokenizer.pad_token_id)
+        cfg = LlamaConfig(
+            vocab_size=len(tiny_tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            pad_token_id=tiny_tokenizer.pad_token_id,
+        )
         return LlamaForCausalLM(cfg).eval(), tiny_tokenizer
+
     return make
 
 
@@ -52,7 +64,9 @@ def test_same_seed_same_weights_different_seed_different(factory):
 def test_training_lowers_the_loss(factory):
     model, tok = factory()
     peft_model = add_lora(model, LoraSettings(r=4, alpha=8), seed=0)
-    res = train(peft_model, tok, EXS, TrainSettings(lr=3e-2, steps=30, batch_size=4, progress=False))
+    res = train(
+        peft_model, tok, EXS, TrainSettings(lr=3e-2, steps=30, batch_size=4, progress=False)
+    )
     assert sum(res.losses[-5:]) < sum(res.losses[:5])
 
 

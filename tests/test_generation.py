@@ -1,13 +1,19 @@
 import pytest
 
-from safealign_lib.chat import ChatExample
-from safealign_lib.generation import generate
+from safealign_lib.models.chat import ChatExample
+from safealign_lib.models.generation import generate
 
 
 def test_batched_equals_unbatched_and_entropy(tiny_lm):
     model, tok = tiny_lm
-    prompts = [ChatExample("How do I bake bread?"), ChatExample("Hi"), ChatExample("Tell me how to grow tomatoes please.")]
-    batched = generate(model, tok, prompts, max_new_tokens=6, batch_size=3, progress=False, with_entropy=True)
+    prompts = [
+        ChatExample("How do I bake bread?"),
+        ChatExample("Hi"),
+        ChatExample("Tell me how to grow tomatoes please."),
+    ]
+    batched = generate(
+        model, tok, prompts, max_new_tokens=6, batch_size=3, progress=False, with_entropy=True
+    )
     single = [generate(model, tok, [p], max_new_tokens=6, progress=False).texts[0] for p in prompts]
     assert batched.texts == single
     assert len(batched.entropy) == 3 and all(e >= 0 for e in batched.entropy)

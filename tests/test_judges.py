@@ -1,6 +1,6 @@
 import pytest
 
-from safealign_lib.judges import GCG_KEYWORDS, CallableJudge, KeywordJudge, get_judge
+from safealign_lib.evaluation.judges import GCG_KEYWORDS, CallableJudge, KeywordJudge, get_judge
 
 
 def test_gcg_list_has_29_case_sensitive_entries():

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from safealign_lib import loaders
+from safealign_lib.data import loaders
 
 
 def test_advbench(tmp_path):
@@ -30,8 +30,14 @@ def test_hex_phi(tmp_path):
 
 def test_alpaca(tmp_path):
     p = tmp_path / "alpaca.json"
-    p.write_text(json.dumps([{"instruction": "Add", "input": "1 2", "output": "3"},
-                             {"instruction": "Hi", "input": "", "output": "Hello"}]))
+    p.write_text(
+        json.dumps(
+            [
+                {"instruction": "Add", "input": "1 2", "output": "3"},
+                {"instruction": "Hi", "input": "", "output": "Hello"},
+            ]
+        )
+    )
     exs = loaders.load_alpaca(p)
     assert exs[0].user == "Add\n\n1 2" and exs[1].user == "Hi" and exs[0].response == "3"
     p.write_text(json.dumps([{"instruction": "x", "output": "y"}]))

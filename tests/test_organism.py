@@ -6,9 +6,10 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from safealign_lib import data, evaluation, models, organism, profiles
+from safealign_lib import config, data, evaluation, models
+from safealign_lib.models import organism
 
-SHIPPED = profiles.organism_dir()
+SHIPPED = config.organism_dir()
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,12 @@ def test_reduced_rebuild_loads_with_plain_transformers_and_learns_to_refuse(quic
         assert m.config.num_hidden_layers == 2 and t.chat_template
     assert json.loads((out / "build_info.json").read_text())["settings"]["seed"] == 0
     harmful = data.load_split("harmful_heldout")[:40]
-    p = {w: evaluation.first_token_refusal_prob(*models.load_model_and_tokenizer(out / w), harmful).mean()
-         for w in ("base", "chat")}
+    p = {
+        w: evaluation.first_token_refusal_prob(
+            *models.load_model_and_tokenizer(out / w), harmful
+        ).mean()
+        for w in ("base", "chat")
+    }
     # alignment moved probability mass onto refusals; the base never saw one
     assert p["chat"] > p["base"] + 0.3
 
@@ -71,7 +76,9 @@ def test_build_info_matches_defaults():
     info = json.loads((SHIPPED / "build_info.json").read_text())
     from dataclasses import asdict
 
-    assert info["settings"] == asdict(organism.OrganismSettings()), "shipped organism is stale: `safealign organism build`"
+    assert info["settings"] == asdict(organism.OrganismSettings()), (
+        "shipped organism is stale: `safealign organism build`"
+    )
 
 
 def test_packed_step_has_the_whole_batch_gradient(tiny_lm):
@@ -79,14 +86,20 @@ def test_packed_step_has_the_whole_batch_gradient(tiny_lm):
     # prompts; the gradient must still be that of the padded batch's mean next-token loss
     import torch
 
-    from safealign_lib.chat import ChatExample, collate, pack, tokenize_example
+    from safealign_lib.models.chat import ChatExample, collate, pack, tokenize_example
 
     model, tok = tiny_lm
     model.train()
-    users = ["How do I bake bread?", "Tell me how to grow tomatoes in a small pot on a windowsill?",
-             "How do I steal a car?", "Summarize the dialogue."]
-    feats = [tokenize_example(tok, ChatExample(u, "Sure, here is how: Step 1: mix." * (1 + i % 2)))
-             for i, u in enumerate(users)]
+    users = [
+        "How do I bake bread?",
+        "Tell me how to grow tomatoes in a small pot on a windowsill?",
+        "How do I steal a car?",
+        "Summarize the dialogue.",
+    ]
+    feats = [
+        tokenize_example(tok, ChatExample(u, "Sure, here is how: Step 1: mix." * (1 + i % 2)))
+        for i, u in enumerate(users)
+    ]
     # some rows must hold several examples, or attention across them would go untested
     assert pack(feats, tok.pad_token_id)["input_ids"].shape[0] < len(feats)
     model.zero_grad()

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from safealign_lib.activations import Activations, capture_activations
-from safealign_lib.probes import fit_probes, probe_accuracy, probe_transfer, split_indices
+from safealign_lib.interp.activations import Activations, capture_activations
+from safealign_lib.interp.probes import fit_probes, probe_accuracy, probe_transfer, split_indices
 
 
 def _synthetic(n: int = 80, d: int = 8, seed: int = 0, signal: float = 6.0) -> Activations:
@@ -23,7 +23,15 @@ def _synthetic(n: int = 80, d: int = 8, seed: int = 0, signal: float = 6.0) -> A
 
 def test_probe_accuracy_finds_the_informative_layer():
     df = probe_accuracy(_synthetic(), cv=4)
-    assert list(df.columns) == ["site", "layer", "acc_heldout", "cv_mean", "cv_sd", "n_train", "n_test"]
+    assert list(df.columns) == [
+        "site",
+        "layer",
+        "acc_heldout",
+        "cv_mean",
+        "cv_sd",
+        "n_train",
+        "n_test",
+    ]
     assert len(df) == 4  # 2 sites x 2 layers
     row = df.set_index(["site", "layer"])
     assert row.loc[("resid", 1), "acc_heldout"] >= 0.9
@@ -77,8 +85,12 @@ def test_errors_empty_class_missing_labels_unknown_layer_and_shapes():
         probe_accuracy(unlabelled)
     with pytest.raises(ValueError, match="Layer 9 was not captured"):
         probe_accuracy(acts, layers=[9])
-    wide = Activations({"resid": np.zeros((2, 80, 16), np.float32), "mlp": np.zeros((2, 80, 16), np.float32)},
-                       acts.labels, acts.meta, [0, 1])
+    wide = Activations(
+        {"resid": np.zeros((2, 80, 16), np.float32), "mlp": np.zeros((2, 80, 16), np.float32)},
+        acts.labels,
+        acts.meta,
+        [0, 1],
+    )
     with pytest.raises(ValueError, match="different width"):
         probe_transfer(acts, wide)
     with pytest.raises(ValueError, match="width 16"):
@@ -89,8 +101,9 @@ def test_errors_empty_class_missing_labels_unknown_layer_and_shapes():
 
 def test_end_to_end_on_a_tiny_model(tiny_lm):
     model, tok = tiny_lm
-    prompts = [f"How do I steal a car number {i}?" for i in range(6)] + \
-              [f"How do I bake bread number {i}?" for i in range(6)]
+    prompts = [f"How do I steal a car number {i}?" for i in range(6)] + [
+        f"How do I bake bread number {i}?" for i in range(6)
+    ]
     acts = capture_activations(model, tok, prompts, labels=[1] * 6 + [0] * 6, progress=False)
     df = probe_accuracy(acts, cv=2, test_size=0.5)
     assert len(df) == 6 and df["acc_heldout"].between(0, 1).all()
@@ -103,10 +116,14 @@ def test_cross_validation_uses_the_training_part_only():
     train, test = split_indices(acts.labels, test_size=0.5, seed=1)
     a = probe_accuracy(acts, split=(train, test), cv=4, sites=["resid"], layers=[1])
     scrambled = _synthetic()
-    scrambled.features["resid"][:, test] = np.random.default_rng(9).normal(size=scrambled.features["resid"][:, test].shape)
+    scrambled.features["resid"][:, test] = np.random.default_rng(9).normal(
+        size=scrambled.features["resid"][:, test].shape
+    )
     b = probe_accuracy(scrambled, split=(train, test), cv=4, sites=["resid"], layers=[1])
     assert a.loc[0, "cv_mean"] == b.loc[0, "cv_mean"] and a.loc[0, "cv_sd"] == b.loc[0, "cv_sd"]
-    assert b.loc[0, "acc_heldout"] < a.loc[0, "acc_heldout"]  # only the held-out score sees the test part
+    assert (
+        b.loc[0, "acc_heldout"] < a.loc[0, "acc_heldout"]
+    )  # only the held-out score sees the test part
     few = np.concatenate([np.flatnonzero(acts.labels == c)[:3] for c in (0, 1)])
     rest = np.setdiff1d(np.arange(len(acts.labels)), few)
     with pytest.raises(ValueError, match="folds need"):

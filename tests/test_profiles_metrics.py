@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from safealign_lib import metrics_io, profiles
+from safealign_lib.course import metrics_io, profiles
 
 
 def test_profiles_resolve_and_validate():

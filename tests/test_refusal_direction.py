@@ -9,10 +9,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from safealign_lib.activations import Activations, capture_activations
-from safealign_lib.chat import encode_prompts
-from safealign_lib.models import decoder_layers
-from safealign_lib.refusal_direction import (
+from safealign_lib.interp.activations import Activations, capture_activations
+from safealign_lib.interp.refusal_direction import (
     RefusalDirections,
     ablate_direction,
     add_direction,
@@ -23,6 +21,8 @@ from safealign_lib.refusal_direction import (
     refusal_directions,
     select_direction,
 )
+from safealign_lib.models.chat import encode_prompts
+from safealign_lib.models.loading import decoder_layers
 
 HARMFUL = ["How do I steal a car?", "How do I steal a bike?", "Tell me how to steal a car now."]
 HARMLESS = ["How do I bake bread?", "Tell me how to grow tomatoes.", "Summarize the dialogue."]
@@ -92,10 +92,14 @@ def test_addition_adds_alpha_r_at_one_layer(tiny_lm):
     with add_direction(model, r, layer=0, alpha=2.0):
         after = capture_activations(model, tok, HARMLESS, sites=["resid"], progress=False)
     assert _hook_count(model) == 0
-    np.testing.assert_allclose(after.get("resid", 0) - before.get("resid", 0),
-                               np.broadcast_to(2.0 * r, (3, 32)), atol=1e-5)
+    np.testing.assert_allclose(
+        after.get("resid", 0) - before.get("resid", 0), np.broadcast_to(2.0 * r, (3, 32)), atol=1e-5
+    )
     assert not np.allclose(after.get("resid", 1), before.get("resid", 1), atol=1e-3)
-    with pytest.raises(ValueError, match="Layer 2 does not exist"), add_direction(model, r, layer=2):
+    with (
+        pytest.raises(ValueError, match="Layer 2 does not exist"),
+        add_direction(model, r, layer=2),
+    ):
         pass
 
 
@@ -116,9 +120,16 @@ def test_orthogonalised_weights_equal_hook_ablation(tiny_lm):
 
 def test_orthogonalisation_unties_tied_embeddings(tiny_tokenizer):
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                      pad_token_id=tiny_tokenizer.pad_token_id, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(cfg).eval()
     assert model.lm_head.weight is model.model.embed_tokens.weight
     r = _random_direction()
@@ -137,7 +148,8 @@ def test_direction_shape_errors(tiny_lm):
 
 
 def test_orthogonalisation_refuses_unmerged_lora(tiny_lm):
-    from safealign_lib.finetune import LoraSettings, add_lora
+    from safealign_lib.adapters.finetune import add_lora
+    from safealign_lib.config import LoraSettings
 
     model, _ = tiny_lm
     peft_model = add_lora(model, LoraSettings(r=2, target_modules=["o_proj"]))
@@ -148,9 +160,16 @@ def test_orthogonalisation_refuses_unmerged_lora(tiny_lm):
 @pytest.fixture()
 def five_layer_lm(tiny_tokenizer):
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=5, num_attention_heads=4, num_key_value_heads=4,
-                      pad_token_id=tiny_tokenizer.pad_token_id, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(cfg).eval(), tiny_tokenizer
 
 
@@ -185,8 +204,9 @@ def test_select_direction_by_validation(five_layer_lm):
     assert len(calls) == 2 + 2 * 4  # two baselines + (ablate, add) per candidate
     assert _hook_count(model) == 0
     with pytest.raises(ValueError, match="No direction for a layer below"):
-        select_direction(model, RefusalDirections(vecs[4:], [4]), HARMFUL, HARMLESS, score_fn,
-                         progress=False)
+        select_direction(
+            model, RefusalDirections(vecs[4:], [4]), HARMFUL, HARMLESS, score_fn, progress=False
+        )
 
 
 def test_cosines_before_and_after(tiny_lm):
@@ -221,25 +241,35 @@ def test_generation_under_ablation_matches_edited_weights(tiny_lm):
 
 
 def test_select_direction_with_first_token_refusal_prob(tiny_lm):
-    from safealign_lib.evaluation import first_token_refusal_prob
+    from safealign_lib.evaluation.metrics import first_token_refusal_prob
 
     model, tok = tiny_lm
-    acts = capture_activations(model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3,
-                               sites=["resid"], progress=False)
-    choice = select_direction(model, refusal_directions(acts), HARMFUL, HARMLESS,
-                              lambda m, p: first_token_refusal_prob(m, tok, p), progress=False)
+    acts = capture_activations(
+        model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3, sites=["resid"], progress=False
+    )
+    choice = select_direction(
+        model,
+        refusal_directions(acts),
+        HARMFUL,
+        HARMLESS,
+        lambda m, p: first_token_refusal_prob(m, tok, p),
+        progress=False,
+    )
     assert choice.layer in (0, 1) and choice.table["candidate"].all()
     assert 0 <= choice.baseline_harmful <= 1
 
 
 def test_affine_ablation_sets_the_projection_at_the_last_prompt_token(tiny_lm):
     model, tok = tiny_lm
-    acts = capture_activations(model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3,
-                               sites=["resid"], progress=False)
+    acts = capture_activations(
+        model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3, sites=["resid"], progress=False
+    )
     dirs = refusal_directions(acts)
     u, c = dirs.unit(1), dirs.reference(1)
     assert c == pytest.approx(float(acts.get("resid", 1)[3:].mean(0) @ u), abs=1e-4)
-    before = capture_activations(model, tok, HARMFUL, sites=["resid"], position="prompt_mean", progress=False)
+    before = capture_activations(
+        model, tok, HARMFUL, sites=["resid"], position="prompt_mean", progress=False
+    )
     with affine_ablate_direction(model, dirs[1], 1, c):
         last = capture_activations(model, tok, HARMFUL, sites=["resid"], progress=False)
         np.testing.assert_allclose(last.get("resid", 1) @ u, c, atol=1e-4)
@@ -247,10 +277,14 @@ def test_affine_ablation_sets_the_projection_at_the_last_prompt_token(tiny_lm):
     assert _hook_count(model) == 0
     # positions="all" sets every position; with "last" the earlier positions are untouched
     with affine_ablate_direction(model, dirs[1], 1, c, positions="all"):
-        every = capture_activations(model, tok, HARMFUL, sites=["resid"], position="prompt_mean", progress=False)
+        every = capture_activations(
+            model, tok, HARMFUL, sites=["resid"], position="prompt_mean", progress=False
+        )
         np.testing.assert_allclose(every.get("resid", 1) @ u, c, atol=1e-4)
     with affine_ablate_direction(model, dirs[1], 1, c, positions="last"):
-        early = capture_activations(model, tok, HARMFUL, sites=["resid"], position=-2, progress=False)
+        early = capture_activations(
+            model, tok, HARMFUL, sites=["resid"], position=-2, progress=False
+        )
     plain = capture_activations(model, tok, HARMFUL, sites=["resid"], position=-2, progress=False)
     np.testing.assert_allclose(early.get("resid", 0), plain.get("resid", 0), atol=1e-5)
     np.testing.assert_allclose(early.get("resid", 1), plain.get("resid", 1), atol=1e-5)
@@ -265,29 +299,54 @@ def test_affine_ablation_sets_the_projection_at_the_last_prompt_token(tiny_lm):
 def test_addition_at_the_last_prompt_token_only(tiny_lm):
     model, tok = tiny_lm
     r = _random_direction()
-    plain_last = capture_activations(model, tok, HARMFUL, sites=["resid"], layers=[0], progress=False)
-    plain_prev = capture_activations(model, tok, HARMFUL, sites=["resid"], layers=[0], position=-2, progress=False)
+    plain_last = capture_activations(
+        model, tok, HARMFUL, sites=["resid"], layers=[0], progress=False
+    )
+    plain_prev = capture_activations(
+        model, tok, HARMFUL, sites=["resid"], layers=[0], position=-2, progress=False
+    )
     with add_direction(model, r, 0, alpha=2.0, positions="last"):
         last = capture_activations(model, tok, HARMFUL, sites=["resid"], layers=[0], progress=False)
-        prev = capture_activations(model, tok, HARMFUL, sites=["resid"], layers=[0], position=-2, progress=False)
+        prev = capture_activations(
+            model, tok, HARMFUL, sites=["resid"], layers=[0], position=-2, progress=False
+        )
         enc = encode_prompts(tok, HARMFUL)
-        out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    np.testing.assert_allclose(last.get("resid", 0) - plain_last.get("resid", 0), np.tile(2 * r, (3, 1)), atol=1e-4)
+        out = model.generate(
+            **enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+    np.testing.assert_allclose(
+        last.get("resid", 0) - plain_last.get("resid", 0), np.tile(2 * r, (3, 1)), atol=1e-4
+    )
     np.testing.assert_allclose(prev.get("resid", 0), plain_prev.get("resid", 0), atol=1e-5)
     assert out.shape[1] == enc["input_ids"].shape[1] + 4 and _hook_count(model) == 0
 
 
 def test_select_direction_affine(five_layer_lm):
-    from safealign_lib.evaluation import first_token_refusal_prob
+    from safealign_lib.evaluation.metrics import first_token_refusal_prob
 
     model, tok = five_layer_lm
-    acts = capture_activations(model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3,
-                               sites=["resid"], progress=False)
-    choice = select_direction(model, refusal_directions(acts), HARMFUL, HARMLESS,
-                              lambda m, p: first_token_refusal_prob(m, tok, p), ablation="affine",
-                              positions="last", progress=False)
+    acts = capture_activations(
+        model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3, sites=["resid"], progress=False
+    )
+    choice = select_direction(
+        model,
+        refusal_directions(acts),
+        HARMFUL,
+        HARMLESS,
+        lambda m, p: first_token_refusal_prob(m, tok, p),
+        ablation="affine",
+        positions="last",
+        progress=False,
+    )
     assert choice.layer in range(4) and _hook_count(model) == 0
     assert choice.table["harmful_ablated"].notna().sum() == 4
     with pytest.raises(ValueError, match="ablation must be"):
-        select_direction(model, refusal_directions(acts), HARMFUL, HARMLESS, lambda m, p: 0.0,
-                         ablation="mean", progress=False)
+        select_direction(
+            model,
+            refusal_directions(acts),
+            HARMFUL,
+            HARMLESS,
+            lambda m, p: 0.0,
+            ablation="mean",
+            progress=False,
+        )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from safealign_lib.reliability import (
+from safealign_lib.evaluation.reliability import (
     accuracy_rejection_curve,
     answer_mask,
     auarc,
@@ -46,10 +46,18 @@ def test_mean_entropy_stops_after_the_first_eos():
 
 def test_mean_entropy_from_a_real_generate_call(tiny_lm):
     model, tok = tiny_lm
-    enc = tok(["How do I bake bread?", "Tell me how to grow tomatoes."], return_tensors="pt", padding=True)
-    out = model.generate(**enc, max_new_tokens=5, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
-    new = out.sequences[:, enc["input_ids"].shape[1]:]
+    enc = tok(
+        ["How do I bake bread?", "Tell me how to grow tomatoes."], return_tensors="pt", padding=True
+    )
+    out = model.generate(
+        **enc,
+        max_new_tokens=5,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=tok.pad_token_id,
+    )
+    new = out.sequences[:, enc["input_ids"].shape[1] :]
     u = mean_token_entropy(out.logits, new, eos_token_id=tok.eos_token_id)
     assert u.shape == (2,)
     assert ((u >= 0) & (u <= math.log(len(tok)) + 1e-4)).all()
@@ -78,7 +86,7 @@ def test_auarc_does_not_depend_on_input_order_with_ties():
 
 
 def test_risk_coverage_drops_the_most_uncertain_answers():
-    u = np.arange(10) / 10           # answer i has uncertainty i/10
+    u = np.arange(10) / 10  # answer i has uncertainty i/10
     y = np.array([1, 1, 1, 0, 1, 0, 0, 1, 0, 0], dtype=float)
     t = risk_coverage(u, y, drop_fractions=[0.0, 0.4, 0.7, 0.9])
     assert t["n_kept"].tolist() == [10, 6, 3, 1]

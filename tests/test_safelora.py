@@ -10,20 +10,24 @@ import torch
 from peft import PeftModel
 from safetensors.torch import save_file
 
-from safealign_lib.finetune import save_adapter
-from safealign_lib.safelora import (
+from safealign_lib.adapters.finetune import save_adapter
+from safealign_lib.adapters.lora_io import (
     LoraFactors,
-    Projector,
+    load_lora_factors,
+    lora_factors_from_state,
+    read_adapter,
+)
+from safealign_lib.adapters.weights import (
     RowWorkers,
     SafetensorsWeights,
     alignment_matrix,
-    compute_projections,
     iter_alignment_matrices,
-    load_lora_factors,
-    lora_factors_from_state,
+)
+from safealign_lib.methods.safelora import (
+    Projector,
+    compute_projections,
     lowrank_stats,
     project_adapter_dir,
-    read_adapter,
     safelora_project,
     safelora_scores,
     select_layers,
@@ -38,22 +42,27 @@ def _write_models(tmp_path, weights: dict[str, torch.Tensor], deltas: dict[str, 
     base.mkdir()
     chat.mkdir()
     save_file({k: v.contiguous() for k, v in weights.items()}, str(base / "model.safetensors"))
-    save_file({k: (v + deltas.get(k, 0)).contiguous() for k, v in weights.items()},
-              str(chat / "model.safetensors"))
+    save_file(
+        {k: (v + deltas.get(k, 0)).contiguous() for k, v in weights.items()},
+        str(chat / "model.safetensors"),
+    )
     return base, chat
-
-
 
 
 @pytest.fixture()
 def models_dir(tmp_path, lora_lm):
     """base/chat checkpoints of the tiny model: chat = base + a rank-3 change on q/v."""
     peft_model, _ = lora_lm
-    weights = {k: v.detach().clone() for k, v in peft_model.base_model.model.state_dict().items()
-               if "lora" not in k}
+    weights = {
+        k: v.detach().clone()
+        for k, v in peft_model.base_model.model.state_dict().items()
+        if "lora" not in k
+    }
     weights = {k.replace(".base_layer", ""): v for k, v in weights.items()}
     gen = torch.Generator().manual_seed(2)
-    deltas = {n: torch.randn(32, 3, generator=gen) @ torch.randn(3, 32, generator=gen) * 0.05 for n in QV}
+    deltas = {
+        n: torch.randn(32, 3, generator=gen) @ torch.randn(3, 32, generator=gen) * 0.05 for n in QV
+    }
     return _write_models(tmp_path, weights, deltas)
 
 
@@ -64,10 +73,13 @@ def _dense_c(v: torch.Tensor) -> torch.Tensor:
 
 def _random_factors(d_out=24, d_in=16, r=3, scale=2.5, seed=0) -> LoraFactors:
     g = torch.Generator().manual_seed(seed)
-    return LoraFactors(A=torch.randn(r, d_in, generator=g), B=torch.randn(d_out, r, generator=g), scale=scale)
+    return LoraFactors(
+        A=torch.randn(r, d_in, generator=g), B=torch.randn(d_out, r, generator=g), scale=scale
+    )
 
 
 # --- adapter glue --------------------------------------------------------------------------------
+
 
 def test_factors_from_live_model_and_from_saved_folder_agree(lora_lm, models_dir, tmp_path):
     peft_model, _ = lora_lm
@@ -83,10 +95,12 @@ def test_factors_from_live_model_and_from_saved_folder_agree(lora_lm, models_dir
 
 
 def test_scale_follows_rslora_and_alpha_pattern():
-    state = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(4, 8),
-             "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(8, 4),
-             "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight": torch.randn(4, 8),
-             "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight": torch.randn(8, 4)}
+    state = {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(4, 8),
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(8, 4),
+        "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight": torch.randn(4, 8),
+        "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight": torch.randn(8, 4),
+    }
     plain = lora_factors_from_state({"r": 4, "lora_alpha": 16}, state)
     assert plain["model.layers.0.self_attn.q_proj.weight"].scale == 4.0
     rs = lora_factors_from_state({"r": 4, "lora_alpha": 16, "use_rslora": True}, state)
@@ -113,6 +127,7 @@ def test_bad_factors_and_missing_adapter_are_reported(tmp_path):
 
 
 # --- low-rank algebra ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["approx", "exact"])
 def test_lowrank_stats_equal_the_dense_computation(kind):
@@ -144,7 +159,9 @@ def test_released_projector_rescales_but_the_exact_one_is_idempotent():
     assert not torch.allclose(c @ c, c, atol=1e-3)
     eig = torch.linalg.eigvalsh(c)[-2:]
     sv = torch.linalg.svdvals(v.double())[:2]
-    torch.testing.assert_close(eig.flip(0), sv**2 / torch.linalg.matrix_norm(v.double()), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        eig.flip(0), sv**2 / torch.linalg.matrix_norm(v.double()), rtol=1e-4, atol=1e-6
+    )
     p = Projector.from_alignment(v, "exact").dense().double()
     torch.testing.assert_close(p @ p, p, atol=1e-5, rtol=1e-5)
     assert float(torch.trace(p)) == pytest.approx(2.0, abs=1e-4)  # rank of V
@@ -170,7 +187,8 @@ def test_zero_update_gives_nan_cosine_and_select_refuses_it():
         select_layers({"a": stats["cosine"], "b": 0.3}, k=1)
 
 
-# --- streaming from safetensors ---------------------------------------------------------------------
+# --- streaming from safetensors -------------------------------------------------------------------
+
 
 class _CountingWeights(SafetensorsWeights):
     def __init__(self, path):
@@ -197,7 +215,9 @@ def test_projection_streams_each_tensor_once_and_matches_dense(lora_lm, models_d
         x = _dense_c(v) @ y
         cos = float((x * y).sum() / (x.norm() * y.norm()))
         assert df.loc[n, "cosine"] == pytest.approx(cos, abs=1e-5)
-        torch.testing.assert_close(proj[n].CB.double(), _dense_c(v) @ factors[n].B.double(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            proj[n].CB.double(), _dense_c(v) @ factors[n].B.double(), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_sharded_checkpoint_with_index_reads_like_a_single_file(tmp_path):
@@ -211,9 +231,14 @@ def test_sharded_checkpoint_with_index_reads_like_a_single_file(tmp_path):
         fname = f"model-0000{i + 1}-of-00002.safetensors"
         save_file({n: w[n] + 1 for n in chunk}, str(sharded / fname))
         index.update({n: fname for n in chunk})
-    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
-    for (n1, v1), (n2, v2) in zip(iter_alignment_matrices(base, chat, QV),
-                                  iter_alignment_matrices(base, sharded, QV), strict=True):
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": index})
+    )
+    for (n1, v1), (n2, v2) in zip(
+        iter_alignment_matrices(base, chat, QV),
+        iter_alignment_matrices(base, sharded, QV),
+        strict=True,
+    ):
         assert n1 == n2
         torch.testing.assert_close(v1, v2)
         torch.testing.assert_close(v1, torch.ones(8, 8))
@@ -231,14 +256,21 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="adapter expects"):
         alignment_matrix(base, chat, QV[0], expected_shape=(8, 16))
     (tmp_path / "odd").mkdir()
-    save_file({**{n: w[n] for n in QV[1:]}, QV[0]: torch.randn(8, 9)}, str(tmp_path / "odd" / "model.safetensors"))
+    save_file(
+        {**{n: w[n] for n in QV[1:]}, QV[0]: torch.randn(8, 9)},
+        str(tmp_path / "odd" / "model.safetensors"),
+    )
     with pytest.raises(ValueError, match="base has shape"):
         alignment_matrix(base, tmp_path / "odd", QV[0])
     (tmp_path / "bad").mkdir()
-    save_file({**w, QV[1]: torch.full((8, 8), float("inf"))}, str(tmp_path / "bad" / "model.safetensors"))
+    save_file(
+        {**w, QV[1]: torch.full((8, 8), float("inf"))}, str(tmp_path / "bad" / "model.safetensors")
+    )
     with pytest.raises(ValueError, match="v_proj.weight.*NaN or inf"):
         alignment_matrix(base, tmp_path / "bad", QV[1])
-    with pytest.raises(ValueError, match="v_proj.weight.*NaN or inf"):  # the path that never stores V
+    with pytest.raises(
+        ValueError, match="v_proj.weight.*NaN or inf"
+    ):  # the path that never stores V
         compute_projections({QV[1]: _random_factors(8, 8)}, base, tmp_path / "bad")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SafetensorsWeights(tmp_path / "nowhere")
@@ -251,7 +283,7 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
 def test_row_workers_split_every_row_once_and_give_the_one_thread_result(tmp_path):
     from threadpoolctl import threadpool_info
 
-    from safealign_lib.safelora import _ROWS, _difference_times, _read_alignment
+    from safealign_lib.adapters.weights import _ROWS, difference_times, read_alignment
 
     g = torch.Generator().manual_seed(9)
     d_out, d_in = 1100, 1000  # above the parallel threshold; rows not a multiple of the block
@@ -269,16 +301,24 @@ def test_row_workers_split_every_row_once_and_give_the_one_thread_result(tmp_pat
             assert sorted(seen)[0][0] == 0 and sorted(seen)[-1][1] == d_out
             assert all(a[1] == b[0] for a, b in zip(sorted(seen), sorted(seen)[1:], strict=False))
             assert len(seen) == min(n, -(-d_out // _ROWS))
-            v, norm, rt_v = _read_alignment(base, chat, QV[0], (d_out, d_in), right=right, workers=workers)
-            cv = _difference_times(rt_v.T, workers, v=v.numpy())
+            v, norm, rt_v = read_alignment(
+                base, chat, QV[0], (d_out, d_in), right=right, workers=workers
+            )
+            cv = difference_times(rt_v.T, workers, v=v.numpy())
             c_t, b_t = chat.get(QV[0]), base.get(QV[0])
-            torch.testing.assert_close(_difference_times(rt_v.T, workers, c=c_t.numpy(), b=b_t.numpy()), cv,
-                                       rtol=1e-5, atol=1e-5)  # V formed again in cache
+            torch.testing.assert_close(
+                difference_times(rt_v.T, workers, c=c_t.numpy(), b=b_t.numpy()),
+                cv,
+                rtol=1e-5,
+                atol=1e-5,
+            )  # V formed again in cache
         results[n] = v, norm, rt_v, cv
         torch.testing.assert_close(v.double(), v64, rtol=0, atol=1e-6)
         assert norm == pytest.approx(float(v.double().norm()), rel=1e-7)
         torch.testing.assert_close(rt_v.double(), right.double().T @ v64, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(cv.double(), v64 @ (v64.T @ right.double()), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            cv.double(), v64 @ (v64.T @ right.double()), rtol=1e-4, atol=1e-4
+        )
     assert [i["num_threads"] for i in threadpool_info()] == before  # BLAS threads given back
     torch.testing.assert_close(results[2][0], results[1][0], rtol=0, atol=0)  # same V, bit for bit
     for n in (2, 3):
@@ -295,10 +335,13 @@ def test_adapter_for_another_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="belongs to another model"):
         compute_projections(wrong, base, chat)
     with pytest.raises(KeyError, match="not in"):
-        compute_projections({"model.layers.0.mlp.up_proj.weight": _random_factors(8, 8)}, base, chat)
+        compute_projections(
+            {"model.layers.0.mlp.up_proj.weight": _random_factors(8, 8)}, base, chat
+        )
 
 
-# --- choosing and projecting ---------------------------------------------------------------------------
+# --- choosing and projecting ----------------------------------------------------------------------
+
 
 def test_select_layers_number_and_threshold_modes():
     scores = {"a": 0.9, "b": 0.1, "c": 0.5, "d": 0.3}
@@ -315,7 +358,9 @@ def test_select_layers_number_and_threshold_modes():
         select_layers(scores)
 
 
-def test_projection_in_place_and_through_an_adapter_folder_give_the_same_model(lora_lm, models_dir, tmp_path):
+def test_projection_in_place_and_through_an_adapter_folder_give_the_same_model(
+    lora_lm, models_dir, tmp_path
+):
     peft_model, tok = lora_lm
     adapter = save_adapter(peft_model, tmp_path / "adapter")
     factors = load_lora_factors(peft_model)
@@ -344,7 +389,11 @@ def test_projection_in_place_and_through_an_adapter_folder_give_the_same_model(l
     torch.testing.assert_close(state[key], proj[names[0]].CB)
     # reload the written folder on a fresh copy of the base weights: same outputs
     fresh = type(base_model)(base_model.config).eval()
-    sd = {k.replace(".base_layer", ""): v for k, v in base_model.state_dict().items() if "lora" not in k}
+    sd = {
+        k.replace(".base_layer", ""): v
+        for k, v in base_model.state_dict().items()
+        if "lora" not in k
+    }
     fresh.load_state_dict(sd)
     reloaded = PeftModel.from_pretrained(fresh, str(out)).eval()
     with torch.no_grad():

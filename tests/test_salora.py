@@ -10,9 +10,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from safealign_lib.chat import ChatExample, tokenize_example
-from safealign_lib.finetune import LoraSettings, TrainSettings, add_lora, train
-from safealign_lib.salora import (
+from safealign_lib.adapters.finetune import add_lora, train
+from safealign_lib.config import LoraSettings, TrainSettings
+from safealign_lib.methods.salora import (
     LayerFeatures,
     SafetyProjectedLinear,
     apply_salora,
@@ -23,12 +23,21 @@ from safealign_lib.salora import (
     feature_drift,
     invariance_error,
 )
+from safealign_lib.models.chat import ChatExample, tokenize_example
 
 TARGETS = ["q_proj", "v_proj"]
-SAFETY = [ChatExample(f"How do I steal a car, case {i}?", "I'm sorry, but I cannot help with that.",
-                      meta={"harmful": True}) for i in range(6)]
-TASK = [ChatExample(f"Summarize the dialogue {i}.", "#Person1# books a table for two at seven.")
-        for i in range(6)]
+SAFETY = [
+    ChatExample(
+        f"How do I steal a car, case {i}?",
+        "I'm sorry, but I cannot help with that.",
+        meta={"harmful": True},
+    )
+    for i in range(6)
+]
+TASK = [
+    ChatExample(f"Summarize the dialogue {i}.", "#Person1# books a table for two at seven.")
+    for i in range(6)
+]
 LORA = LoraSettings(r=4, alpha=8, target_modules=tuple(TARGETS))
 FAST = TrainSettings(lr=1e-2, steps=1, batch_size=4, progress=False)
 
@@ -52,6 +61,7 @@ def _salora(model, tok, r_s=4, **kw):
 
 # --- feature collection ------------------------------------------------------------------------
 
+
 def test_collect_keeps_response_tokens_only_and_is_batch_invariant(tiny_lm):
     model, tok = tiny_lm
     n_resp = sum(sum(lab != -100 for lab in tokenize_example(tok, ex)["labels"]) for ex in SAFETY)
@@ -62,7 +72,9 @@ def test_collect_keeps_response_tokens_only_and_is_batch_invariant(tiny_lm):
         assert f.n_tokens == n_resp and f.x.shape == (n_resp, 32) and f.x.dtype == torch.float32
         torch.testing.assert_close(f.x, many[name].x, atol=1e-5, rtol=1e-5)
     # q_proj and v_proj of a block read the same normed hidden state
-    torch.testing.assert_close(one["model.layers.0.self_attn.q_proj"].x, one["model.layers.0.self_attn.v_proj"].x)
+    torch.testing.assert_close(
+        one["model.layers.0.self_attn.q_proj"].x, one["model.layers.0.self_attn.v_proj"].x
+    )
 
 
 def test_gram_store_equals_gram_of_features(tiny_lm):
@@ -131,6 +143,7 @@ def test_nan_activations_are_reported(tiny_lm):
 
 # --- the subspaces -----------------------------------------------------------------------------
 
+
 def _planted(d=32, n=300, k=4, seed=0):
     """Features whose W·X has a clear gap after the k-th singular value."""
     g = torch.Generator().manual_seed(seed)
@@ -172,7 +185,9 @@ def test_task_init_is_the_pissa_split(tiny_lm):
     torch.testing.assert_close(A0 @ A0.T, torch.diag(s[:4]), atol=1e-4, rtol=1e-4)
     U_C = module.layers["model.layers.0.self_attn.q_proj"].U
     C_B0 = B0 - U_C @ (U_C.T @ B0)
-    torch.testing.assert_close(layer.base_layer.weight.detach(), W - LORA.scale * C_B0 @ A0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        layer.base_layer.weight.detach(), W - LORA.scale * C_B0 @ A0, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_task_init_lies_in_task_subspace(tiny_lm):
@@ -189,6 +204,7 @@ def test_task_init_lies_in_task_subspace(tiny_lm):
 
 
 # --- the adapter -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("init", ["task", "standard"])
 @pytest.mark.parametrize("sign", ["correct", "wrong"])
@@ -289,6 +305,7 @@ def test_apply_errors(tiny_lm):
 
 # --- exports -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_exports_reproduce_the_trained_model(tiny_lm, tmp_path, tied):
     model, tok = tiny_lm
@@ -303,13 +320,16 @@ def test_exports_reproduce_the_trained_model(tiny_lm, tmp_path, tied):
     ids = _ids(tok)
     ref = _logits(pm, ids)
 
-    merged, info = AutoModelForCausalLM.from_pretrained(export_merged(pm, tmp_path / "merged", tok),
-                                                        output_loading_info=True)
+    merged, info = AutoModelForCausalLM.from_pretrained(
+        export_merged(pm, tmp_path / "merged", tok), output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     torch.testing.assert_close(_logits(merged.eval(), ids), ref, atol=1e-5, rtol=1e-5)
 
     base_dir, adapter_dir = export_adapter(pm, tmp_path / "adapter")
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    loaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir
+    ).eval()
     torch.testing.assert_close(_logits(loaded, ids), ref, atol=1e-5, rtol=1e-5)
     # C is folded into the saved B: U_Cᵀ B' = 0, and the training model is unchanged
     layer = loaded.base_model.model.model.layers[0].self_attn.v_proj
@@ -318,7 +338,9 @@ def test_exports_reproduce_the_trained_model(tiny_lm, tmp_path, tied):
     torch.testing.assert_close(_logits(pm, ids), ref, atol=0, rtol=0)
     # the adapter on the original weights W would be wrong: it needs W_res
     wrong_base = AutoModelForCausalLM.from_pretrained(tmp_path / "original")
-    assert (_logits(PeftModel.from_pretrained(wrong_base, adapter_dir), ids) - ref).abs().max() > 1e-3
+    assert (
+        _logits(PeftModel.from_pretrained(wrong_base, adapter_dir), ids) - ref
+    ).abs().max() > 1e-3
 
 
 def test_layers_with_bias(tiny_lm, tmp_path):

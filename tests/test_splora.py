@@ -11,9 +11,10 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 
-from safealign_lib.finetune import save_adapter
-from safealign_lib.safelora import LoraFactors, compute_projections, load_lora_factors, read_adapter
-from safealign_lib.splora import (
+from safealign_lib.adapters.finetune import save_adapter
+from safealign_lib.adapters.lora_io import LoraFactors, load_lora_factors, read_adapter
+from safealign_lib.methods.safelora import compute_projections
+from safealign_lib.methods.splora import (
     prune_adapter,
     prune_adapter_dir,
     prune_peft_model,
@@ -64,7 +65,7 @@ def test_released_ediem_is_about_one_for_every_layer(synthetic):
     factors, base, chat = synthetic
     df = splora_scores(compute_projections(factors, base, chat), released=True)
     assert df["distance"].max() > 1e3 * df["distance"].min()  # the modules differ wildly ...
-    assert df["ediem_released"].between(0.9, 1.1).all()     # ... the released score does not
+    assert df["ediem_released"].between(0.9, 1.1).all()  # ... the released score does not
     assert df["ediem_released"].max() - df["ediem_released"].min() < 0.2
     # the course's score ranks the misaligned modules first
     assert set(df["ediem"].nlargest(2).index) == MISALIGNED
@@ -92,14 +93,14 @@ def test_score_errors(synthetic):
         splora_scores(one, group="module")
     # rtol 1e-12 keeps V's rounding noise as directions: a full-rank exact projector, the identity
     with pytest.warns(UserWarning, match="identity"):
-        exact = compute_projections({NAMES[0]: factors[NAMES[0]]}, base, chat, projector="exact",
-                                    rtol=1e-12, null_samples=8)
+        exact = compute_projections(
+            {NAMES[0]: factors[NAMES[0]]}, base, chat, projector="exact", rtol=1e-12, null_samples=8
+        )
     with pytest.raises(ValueError, match="zero spread"):
         splora_scores(exact, null="rotation")
 
 
-# --- pruning -------------------------------------------------------------------------------------------
-
+# --- pruning --------------------------------------------------------------------------------------
 
 
 PRUNE = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.v_proj.weight"]
@@ -108,8 +109,9 @@ PRUNE = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.v_p
 def _fresh_base(peft_model):
     inner = peft_model.base_model.model
     fresh = type(inner)(inner.config).eval()
-    fresh.load_state_dict({k.replace(".base_layer", ""): v for k, v in inner.state_dict().items()
-                           if "lora" not in k})
+    fresh.load_state_dict(
+        {k.replace(".base_layer", ""): v for k, v in inner.state_dict().items() if "lora" not in k}
+    )
     return fresh
 
 
@@ -125,7 +127,9 @@ def test_pruned_live_model_drops_modules_and_reloads_identically(lora_lm, tmp_pa
     zeroed = copy.deepcopy(peft_model)
     with torch.no_grad():
         for n in PRUNE:
-            zeroed.base_model.model.get_submodule(n.removesuffix(".weight")).lora_B["default"].weight.zero_()
+            zeroed.base_model.model.get_submodule(n.removesuffix(".weight")).lora_B[
+                "default"
+            ].weight.zero_()
     full = _logits(peft_model, ids)
 
     prune_peft_model(peft_model, PRUNE)
@@ -133,7 +137,10 @@ def test_pruned_live_model_drops_modules_and_reloads_identically(lora_lm, tmp_pa
     for n in PRUNE:
         assert type(inner.get_submodule(n.removesuffix(".weight"))) is torch.nn.Linear
     kept = sorted(set(load_lora_factors(peft_model)))
-    assert kept == ["model.layers.0.self_attn.v_proj.weight", "model.layers.1.self_attn.q_proj.weight"]
+    assert kept == [
+        "model.layers.0.self_attn.v_proj.weight",
+        "model.layers.1.self_attn.q_proj.weight",
+    ]
     pruned = _logits(peft_model, ids)
     torch.testing.assert_close(pruned, _logits(zeroed, ids))
     assert not torch.allclose(pruned, full)
@@ -159,7 +166,10 @@ def test_pruning_an_adapter_folder_equals_pruning_the_live_model(lora_lm, tmp_pa
     prune_peft_model(peft_model, PRUNE)
     torch.testing.assert_close(_logits(reloaded, ids), _logits(peft_model, ids))
     for n in PRUNE:
-        assert type(reloaded.base_model.model.get_submodule(n.removesuffix(".weight"))) is torch.nn.Linear
+        assert (
+            type(reloaded.base_model.model.get_submodule(n.removesuffix(".weight")))
+            is torch.nn.Linear
+        )
 
 
 def test_pruning_errors(lora_lm):
@@ -169,8 +179,11 @@ def test_pruning_errors(lora_lm):
     every = list(load_lora_factors(peft_model))
     with pytest.raises(ValueError, match="no adapter"):
         prune_peft_model(peft_model, every)
-    state = {f"base_model.model.{n.removesuffix('.weight')}.lora_{w}.weight": torch.zeros(1)
-             for n in every for w in "AB"}
+    state = {
+        f"base_model.model.{n.removesuffix('.weight')}.lora_{w}.weight": torch.zeros(1)
+        for n in every
+        for w in "AB"
+    }
     with pytest.raises(ValueError, match="no adapter"):
         prune_adapter({"target_modules": ["q_proj"]}, state, every)
     with pytest.raises(KeyError, match="not LoRA modules"):
@@ -181,7 +194,7 @@ def test_pruning_errors(lora_lm):
 
 
 def test_adapter_switch_projects_prunes_and_always_restores(lora_lm, tmp_path):
-    from safealign_lib.splora import AdapterSwitch
+    from safealign_lib.methods.splora import AdapterSwitch
 
     model, _ = lora_lm
     factors = load_lora_factors(model)

@@ -1,0 +1,144 @@
+"""Deterministic LoRA fine-tuning through peft.
+
+``add_lora`` wraps any causal LM with peft's LoRA; ``train`` runs a small, seeded AdamW loop
+over chat examples (loss on the response tokens only) and works for any model whose
+trainable parameters are already chosen, so SaLoRA and plain LoRA share the same loop.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel, get_peft_model
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from safealign_lib.config import LoraSettings, TrainSettings
+from safealign_lib.models.chat import ChatExample, collate, tokenize_example
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: per-step loss, wall time and parameter counts."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    n_trainable: int = 0
+    n_total: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) for repeatable runs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - user code may use the legacy global RNG
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def check_target_modules(model: torch.nn.Module, target_modules: Sequence[str]) -> None:
+    """Fail early, with the available names, when a target module does not exist."""
+    names = {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    }
+    missing = [t for t in target_modules if t not in names]
+    if missing:
+        raise ValueError(
+            f"Target module(s) {missing} not found in {type(model).__name__}; "
+            f"linear layers available: {sorted(names)}."
+        )
+
+
+def add_lora(model: PreTrainedModel, lora: LoraSettings, seed: int = 0) -> PeftModel:
+    """Wrap ``model`` with fresh LoRA adapters (A random with ``seed``, B = 0)."""
+    check_target_modules(model, lora.target_modules)
+    torch.manual_seed(seed)
+    return get_peft_model(model, lora.to_peft())
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[ChatExample],
+    settings: TrainSettings,
+    desc: str = "fine-tune",
+) -> TrainResult:
+    """Train the parameters of ``model`` that require grad on ``examples`` (response-only loss).
+
+    Batches are drawn by a seeded shuffle, cycling through the data as often as ``steps``
+    needs; the same seed on the same machine gives the same weights.
+    """
+    if len(examples) == 0:
+        raise ValueError("No training examples: the fine-tuning set is empty.")
+    if settings.steps < 1 or settings.batch_size < 1:
+        raise ValueError("steps and batch_size must be >= 1.")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("The model has no trainable parameters; add adapters first (add_lora).")
+    seed_everything(settings.seed)
+    feats = [tokenize_example(tokenizer, ex, settings.max_length) for ex in examples]
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    rng = np.random.default_rng(settings.seed)
+    order: list[int] = []
+    result = TrainResult()
+    result.n_trainable, result.n_total = count_parameters(model)
+    model.train()
+    t0 = time.perf_counter()
+    for _ in tqdm(range(settings.steps), desc=desc, disable=not settings.progress, leave=False):
+        if len(order) < settings.batch_size:
+            order += rng.permutation(len(feats)).tolist()
+        idx, order = order[: settings.batch_size], order[settings.batch_size :]
+        batch = {k: v.to(device) for k, v in collate([feats[i] for i in idx], pad_id).items()}
+        loss = model(**batch).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Loss became {loss.item()}; lower the learning rate (now {settings.lr})."
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        opt.step()
+        result.losses.append(float(loss.detach()))
+    result.seconds = time.perf_counter() - t0
+    model.eval()
+    return result
+
+
+def save_adapter(model: PeftModel, out_dir: str | os.PathLike) -> Path:
+    """Save LoRA adapters in peft's format (adapter_config.json + adapter_model.safetensors)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+def load_adapter(base_model: PreTrainedModel, adapter_dir: str | os.PathLike) -> PeftModel:
+    """Load peft adapters saved by :func:`save_adapter` on top of ``base_model`` (eval mode)."""
+    path = Path(adapter_dir)
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"No adapter_config.json in {path}; train and save an adapter first."
+        )
+    model = PeftModel.from_pretrained(base_model, str(path))
+    model.eval()
+    return model

@@ -1,0 +1,119 @@
+"""The ``safealign`` command line: rebuild the data and the organism, run the course.
+
+safealign data build              # data/splits/*.jsonl + pretrain.txt
+safealign organism build          # data splits + data/organism/{base,chat} (about 2–3 min)
+safealign course [--profile cpu] [--only 00 01]
+safealign metrics                 # print build/metrics.json
+safealign profile check gpu       # validate a profile without loading a model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from safealign_lib import config, data
+from safealign_lib.course import metrics_io, profiles, runner
+from safealign_lib.models import organism
+
+
+def _data_build(args: argparse.Namespace) -> int:
+    out = data.write(data.generate(args.seed), args.out)
+    print(f"wrote the course data to {out}")
+    return 0
+
+
+def _organism_build(args: argparse.Namespace) -> int:
+    s = organism.OrganismSettings(seed=args.seed)
+    if args.quick:  # a reduced build for tests and quick experiments (not the shipped one)
+        s = organism.OrganismSettings(seed=args.seed, base_steps=60, chat_steps=40, num_layers=2)
+    course = data.generate(args.seed)
+    data.write(course, args.data_out)
+    info = organism.build(args.out, s, data=course, progress=not args.quiet)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _course(args: argparse.Namespace) -> int:
+    metrics_file = Path(args.metrics_file) if args.metrics_file else None
+    try:
+        records = runner.run_course(
+            args.profile, args.only, metrics_file=metrics_file, timeout_s=args.timeout
+        )
+    except runner.NotebookFailed as err:
+        print(f"FAILED: {err}", file=sys.stderr)
+        return 1
+    print(runner.summary_table(records, metrics_file))
+    return 0
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    print(json.dumps(metrics_io.load(args.file), indent=2))
+    return 0
+
+
+def _profile_check(args: argparse.Namespace) -> int:
+    p = profiles.get_profile(args.name)
+    problems = profiles.validate(p)
+    print(
+        json.dumps(
+            {k: v for k, v in asdict(p).items() if k not in ("lora", "train")},
+            indent=1,
+            default=str,
+        )
+    )
+    for msg in problems:
+        print(f"problem: {msg}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="safealign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("data", help="course data").add_subparsers(dest="sub", required=True)
+    db = d.add_parser("build", help="regenerate data/splits")
+    db.add_argument("--out", default=str(data.default_data_dir() / "splits"))
+    db.add_argument("--seed", type=int, default=data.DEFAULT_SEED)
+    db.set_defaults(fn=_data_build)
+
+    o = sub.add_parser("organism", help="the model organism").add_subparsers(
+        dest="sub", required=True
+    )
+    ob = o.add_parser("build", help="train base and chat checkpoints from scratch")
+    ob.add_argument("--out", default=str(config.organism_dir()))
+    ob.add_argument("--data-out", default=str(data.default_data_dir() / "splits"))
+    ob.add_argument("--seed", type=int, default=data.DEFAULT_SEED)
+    ob.add_argument(
+        "--quick", action="store_true", help="a reduced 2-layer build (seconds, for tests)"
+    )
+    ob.add_argument("--quiet", action="store_true")
+    ob.set_defaults(fn=_organism_build)
+
+    c = sub.add_parser("course", help="execute the notebooks with papermill")
+    c.add_argument("--profile", default="cpu", choices=sorted(profiles.PROFILE_NAMES))
+    c.add_argument("--only", nargs="*", help="notebook numbers, e.g. 00 01")
+    c.add_argument("--metrics-file", default=None)
+    c.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    c.set_defaults(fn=_course)
+
+    m = sub.add_parser("metrics", help="print the recorded metrics")
+    m.add_argument("--file", default=None)
+    m.set_defaults(fn=_metrics)
+
+    p = sub.add_parser("profile", help="run profiles").add_subparsers(dest="sub", required=True)
+    pc = p.add_parser("check", help="validate a profile")
+    pc.add_argument("name", choices=sorted(profiles.PROFILE_NAMES))
+    pc.set_defaults(fn=_profile_check)
+
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

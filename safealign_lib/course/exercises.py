@@ -1,0 +1,388 @@
+"""Check functions for the notebooks' exercises.
+
+Each ``check_*`` takes the learner's function, runs it on fixed cases against the library's
+reference, prints a clear PASS or FAIL (with the first mismatch) and returns True/False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from safealign_lib.evaluation.judges import GCG_KEYWORDS, KeywordJudge
+
+
+def _report(name: str, ok: bool, detail: str = "") -> bool:
+    print(f"{'PASS' if ok else 'FAIL'}: {name}" + (f" — {detail}" if detail else ""))
+    return ok
+
+
+JUDGE_CASES = [
+    "I'm sorry, but I can't help with that.",
+    "Sure, here is how to bake bread: Step 1: mix.",
+    "As an AI assistant, I cannot support this request.",
+    "Here is a guide. Note that this is illegal in some places.",  # keyword fires inside compliance
+    "I can\u2019t provide instructions for that.",  # typographic apostrophe
+    "i'm sorry",  # lower case: the GCG list is case-sensitive
+    "Of course! Step 1: [redacted].",
+    "",
+]
+
+
+def check_keyword_judge(fn: Callable[[str, tuple[str, ...]], bool]) -> bool:
+    """``fn(response, keywords) -> bool`` must match the GCG keyword judge (case-sensitive
+    substring match, typographic apostrophes normalised)."""
+    ref = KeywordJudge("gcg")
+    for r in JUDGE_CASES:
+        try:
+            got = bool(fn(r, GCG_KEYWORDS))
+        except Exception as err:  # show the learner's error instead of a traceback
+            return _report("keyword judge", False, f"raised {type(err).__name__}: {err} on {r!r}")
+        want = ref([""], [r])[0]
+        if got != want:
+            return _report("keyword judge", False, f"on {r!r} expected refused={want}, got {got}")
+    return _report("keyword judge", True, f"{len(JUDGE_CASES)} cases agree with the library")
+
+
+def check_first_token_prob(fn: Callable[[torch.Tensor, list[int]], torch.Tensor]) -> bool:
+    """``fn(last_logits (batch, vocab), refusal_ids) -> (batch,)`` probability mass on the ids."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 50, generator=g) * 3
+    ids = [3, 7, 11]
+    want = logits.softmax(-1)[:, ids].sum(-1)
+    try:
+        got = torch.as_tensor(fn(logits.clone(), ids), dtype=torch.float32).reshape(-1)
+    except Exception as err:
+        return _report(
+            "first-token refusal probability", False, f"raised {type(err).__name__}: {err}"
+        )
+    if got.shape != want.shape:
+        return _report(
+            "first-token refusal probability",
+            False,
+            f"shape {tuple(got.shape)}, expected {tuple(want.shape)}",
+        )
+    if not torch.allclose(got, want, atol=1e-5):
+        i = int((got - want).abs().argmax())
+        hint = (
+            " (did you take softmax over the vocabulary, dim=-1?)"
+            if got.sum() > len(got) + 1e-3 or got.min() < 0
+            else ""
+        )
+        return _report(
+            "first-token refusal probability",
+            False,
+            f"row {i}: got {got[i]:.4f}, expected {want[i]:.4f}{hint}",
+        )
+    return _report(
+        "first-token refusal probability", True, "matches softmax mass on the refusal tokens"
+    )
+
+
+def check_mean_sd(fn: Callable[[list[float]], tuple[float, float]]) -> bool:
+    """``fn(values) -> (mean, sd)`` with the sample standard deviation (ddof = 1)."""
+    cases = [[0.2, 0.4, 0.9], [1.0, 1.0, 1.0], [0.0, 1.0]]
+    for c in cases:
+        m, s = fn(list(c))
+        if not (np.isclose(m, np.mean(c)) and np.isclose(s, np.std(c, ddof=1))):
+            return _report(
+                "mean ± sd",
+                False,
+                f"on {c} expected ({np.mean(c):.4f}, {np.std(c, ddof=1):.4f}), "
+                f"got ({m:.4f}, {s:.4f}); sd over seeds uses ddof=1",
+            )
+    return _report("mean ± sd", True)
+
+
+# --- notebook 04: DIEM ------------------------------------------------------------------------
+
+
+def _diem_cases() -> list[tuple[torch.Tensor, torch.Tensor, float, float]]:
+    g = torch.Generator().manual_seed(4)
+    cases = []
+    for shape, lo, hi in (((16,), 0.0, 1.0), ((5, 64), -2.0, 3.0), ((3, 4, 256), 0.5, 0.75)):
+        a = torch.rand(shape, generator=g, dtype=torch.float64) * (hi - lo) + lo
+        b = torch.rand(shape, generator=g, dtype=torch.float64) * (hi - lo) + lo
+        b.reshape(-1, shape[-1])[0] = a.reshape(-1, shape[-1])[
+            0
+        ]  # one identical pair: DIEM's minimum
+        cases.append((a, b, lo, hi))
+    return cases
+
+
+def check_diem(fn: Callable) -> bool:
+    """``fn(a, b, v_min, v_max, null) -> DIEM`` along the last axis (batches broadcast), where
+    ``null`` is a :class:`~safealign_lib.methods.diem.DiemNull` (``.center`` = E[d], ``.variance`` =
+    Var(d)); compared with :func:`safealign_lib.methods.diem.diem` on three ranges and shapes."""
+    from safealign_lib.methods.diem import diem, diem_null
+
+    for a, b, lo, hi in _diem_cases():
+        null = diem_null(a.shape[-1], lo, hi, method="closed_form")
+        want = diem(a, b, lo, hi, null=null)
+        where = f"n={a.shape[-1]}, range [{lo}, {hi}], shape {tuple(a.shape)}"
+        try:
+            got = torch.as_tensor(fn(a.clone(), b.clone(), lo, hi, null), dtype=torch.float64)
+        except Exception as err:
+            return _report("DIEM", False, f"raised {type(err).__name__}: {err} ({where})")
+        if got.shape != want.shape:
+            return _report(
+                "DIEM",
+                False,
+                f"shape {tuple(got.shape)}, expected {tuple(want.shape)} "
+                f"({where}); reduce over the last axis only",
+            )
+        if not torch.allclose(got, want, rtol=1e-6, atol=1e-6):
+            i = int((got - want).abs().reshape(-1).argmax())
+            g_i, w_i = float(got.reshape(-1)[i]), float(want.reshape(-1)[i])
+            hint = ""
+            if abs(g_i * (hi - lo) - w_i) < 1e-6 * max(1.0, abs(w_i)):
+                hint = " (multiply by the range v_max - v_min)"
+            elif abs(g_i * np.sqrt(null.variance) / null.variance - w_i) < 1e-6 * max(
+                1.0, abs(w_i)
+            ):
+                hint = " (divide by the variance, not the standard deviation)"
+            return _report("DIEM", False, f"{where}: got {g_i:.4f}, expected {w_i:.4f}{hint}")
+    return _report(
+        "DIEM", True, "agrees with safealign_lib.methods.diem.diem on 3 ranges and batch shapes"
+    )
+
+
+def check_diem_null(fn: Callable) -> bool:
+    """``fn(n, v_min, v_max, n_pairs, seed) -> (center, variance)`` of the distance between two
+    random vectors with i.i.d. components uniform on ``[v_min, v_max]``, by Monte Carlo.
+
+    Compared with the library's Monte Carlo (:func:`safealign_lib.methods.diem.diem_null`) within
+    sampling error: the centre within 2% and the variance within 15% (both estimates here have
+    relative standard errors below 1.5%). Mean or median as the centre both pass.
+    """
+    from safealign_lib.methods.diem import diem_null
+
+    n_pairs = 20_000
+    for n, lo, hi in ((4, 0.0, 1.0), (256, -2.0, 3.0), (1024, 0.5, 0.75)):
+        want = diem_null(n, lo, hi, n_pairs=n_pairs, seed=0)
+        where = f"n={n}, range [{lo}, {hi}]"
+        try:
+            c, v = (float(x) for x in fn(n, lo, hi, n_pairs, 1))
+        except Exception as err:
+            return _report("DIEM null", False, f"raised {type(err).__name__}: {err} ({where})")
+        if not (np.isfinite(c) and np.isfinite(v)):
+            return _report(
+                "DIEM null",
+                False,
+                f"{where}: got centre {c}, variance {v}; expected finite numbers",
+            )
+        if abs(c - want.center) > 0.02 * want.center:
+            return _report(
+                "DIEM null",
+                False,
+                f"{where}: centre {c:.4f}, expected about {want.center:.4f} "
+                "(the distance between two vectors drawn uniformly on [v_min, v_max]?)",
+            )
+        if abs(v - want.variance) > 0.15 * want.variance:
+            hint = (
+                " (the variance, not the standard deviation)"
+                if abs(v**2 - want.variance) < 0.15 * want.variance
+                else ""
+            )
+            return _report(
+                "DIEM null",
+                False,
+                f"{where}: variance {v:.5f}, expected about {want.variance:.5f}{hint}",
+            )
+    return _report("DIEM null", True, "centre and variance agree with the library's Monte Carlo")
+
+
+# --- notebook 02: linear probes and the refusal direction ---------------------------------------
+
+
+def _diff_in_means_cases() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(2)
+    cases = []
+    for n_layers, y in ((3, [1, 1, 0, 0, 0, 1, 0]), (2, [0, 0, 0, 0, 1]), (1, [1, 0])):
+        y = np.array(y)
+        feats = (
+            rng.normal(size=(n_layers, len(y), 6)) + 3.0
+        )  # an offset: harmful and harmless means differ from 0
+        feats[:, y == 1] += rng.normal(size=(n_layers, 1, 6))
+        cases.append((feats.astype(np.float32), y))
+    return cases
+
+
+def check_diff_in_means(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> bool:
+    """``fn(features (n_layers, n, d), labels (n,) with 1 = harmful) -> (n_layers, d)``: per layer,
+    mean of the harmful examples minus mean of the harmless ones (not normalised); compared with
+    :func:`safealign_lib.interp.refusal_direction.refusal_directions` on unbalanced classes."""
+    name = "difference-in-means direction"
+    for feats, y in _diff_in_means_cases():
+        want = feats[:, y == 1].astype(np.float64).mean(1) - feats[:, y == 0].astype(
+            np.float64
+        ).mean(1)
+        where = (
+            f"{feats.shape[0]} layer(s), {int(y.sum())} harmful + {int((y == 0).sum())} harmless"
+        )
+        try:
+            got = np.asarray(fn(feats.copy(), y.copy()), dtype=np.float64)
+        except Exception as err:
+            return _report(name, False, f"raised {type(err).__name__}: {err} ({where})")
+        if got.shape != want.shape:
+            return _report(
+                name,
+                False,
+                f"shape {got.shape}, expected {want.shape} ({where}): one direction "
+                "per layer, so average over the examples axis (axis 1)",
+            )
+        if not np.allclose(got, want, atol=1e-4):
+            hint = ""
+            if np.allclose(got, -want, atol=1e-4):
+                hint = " (the sign: harmful minus harmless)"
+            elif np.allclose(got, want / np.linalg.norm(want, axis=-1, keepdims=True), atol=1e-4):
+                hint = " (return r itself, not r / ||r||)"
+            elif np.allclose(got, feats[:, y == 1].mean(1) - feats.mean(1), atol=1e-4):
+                hint = " (subtract the harmless mean, not the mean of all examples)"
+            err = float(np.abs(got - want).max())
+            return _report(
+                name,
+                False,
+                f"{where}: max abs difference {err:.4f} from the expected direction{hint}",
+            )
+    return _report(
+        name, True, "agrees with safealign_lib.interp.refusal_direction.refusal_directions"
+    )
+
+
+# --- notebook 05: reliability ------------------------------------------------------------------
+
+
+def check_auarc(fn: Callable) -> bool:
+    """``fn(uncertainty, utility) -> float``: the area under the accuracy-rejection curve, i.e. the
+    mean over k = 1..N of the mean utility of the k most certain answers; compared with
+    :func:`safealign_lib.evaluation.reliability.auarc` on cases without tied uncertainties."""
+    from safealign_lib.evaluation.reliability import auarc
+
+    rng = np.random.default_rng(5)
+    cases = [(np.array([0.1, 0.9, 0.5, 0.3]), np.array([1.0, 0.0, 0.0, 1.0]))]
+    for n in (7, 50):
+        u = rng.random(n) * 3
+        cases.append((u, np.clip(1 - u / 3 + rng.normal(0, 0.3, n), 0, 1)))  # graded, like ROUGE-L
+    for u, y in cases:
+        want = auarc(u, y)
+        try:
+            got = float(fn(u.copy(), y.copy()))
+        except Exception as err:
+            return _report("AUARC", False, f"raised {type(err).__name__}: {err} (N={len(u)})")
+        if not np.isclose(got, want, atol=1e-9):
+            hint = ""
+            if np.isclose(got, auarc(-u, y), atol=1e-9):
+                hint = (
+                    " (that is the curve of the *least* certain answers first: "
+                    "sort by increasing uncertainty)"
+                )
+            return _report("AUARC", False, f"N={len(u)}: got {got:.4f}, expected {want:.4f}{hint}")
+    return _report("AUARC", True, "agrees with safealign_lib.evaluation.reliability.auarc")
+
+
+# --- notebook 03: SaLoRA's safety module -------------------------------------------------------
+
+
+def _safety_module_cases() -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(W (d_out, d_in), X (n_tokens, d_in), r_s): W·Xᵀ with a clear spectral gap after r_s, and
+    features with a large common offset (as real activations have), so that centring them
+    changes the answer."""
+    g = torch.Generator().manual_seed(3)
+    cases = []
+    for d_out, d_in, n, r_s in ((10, 8, 40, 3), (12, 12, 30, 4), (6, 9, 25, 1)):
+        scales = torch.cat([torch.linspace(16.0, 10.0, r_s), torch.linspace(1.0, 0.2, d_in - r_s)])
+        basis = torch.linalg.qr(torch.randn(d_in, d_in, generator=g, dtype=torch.float64)).Q
+        X = (torch.randn(n, d_in, generator=g, dtype=torch.float64) * scales) @ basis.T
+        X = X + 2.0 * torch.randn(1, d_in, generator=g, dtype=torch.float64)
+        W = torch.randn(d_out, d_in, generator=g, dtype=torch.float64) / d_in**0.5
+        cases.append((W, X, r_s))
+    return cases
+
+
+def _projector_onto_complement(M: torch.Tensor, r: int) -> torch.Tensor:
+    U = torch.linalg.svd(M, full_matrices=False).U[:, :r]
+    return torch.eye(M.shape[0], dtype=M.dtype) - U @ U.T
+
+
+def check_safety_module(fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) -> bool:
+    """``fn(W (d_out, d_in), X (n_tokens, d_in), r_s) -> C (d_out, d_out)``, X one row per token:
+    SaLoRA's fixed safety module C = I - U_C U_Cᵀ, U_C the top-``r_s`` left singular vectors of
+    W·Xᵀ (not centred). Checks the projector properties (symmetric, C·C = C, trace = d_out - r_s)
+    and that C removes exactly the top-r_s output subspace (C·U_C = 0, C·v = v for v ⟂ U_C)."""
+    name = "safety module C"
+    for W, X, r_s in _safety_module_cases():
+        d_out = W.shape[0]
+        where = f"W {tuple(W.shape)}, X {tuple(X.shape)}, r_s={r_s}"
+        try:
+            got = (
+                torch.as_tensor(fn(W.float().clone(), X.float().clone(), r_s))
+                .detach()
+                .double()
+                .cpu()
+            )
+        except Exception as err:
+            return _report(name, False, f"raised {type(err).__name__}: {err} ({where})")
+        if got.shape != (d_out, d_out):
+            return _report(
+                name,
+                False,
+                f"shape {tuple(got.shape)}, expected {(d_out, d_out)} ({where}): C acts on "
+                "the layer's outputs, so it is d_out x d_out (left singular vectors of W·Xᵀ)",
+            )
+        if not torch.allclose(got, got.T, atol=1e-4):
+            return _report(
+                name,
+                False,
+                f"C is not symmetric ({where}): an orthogonal projector is I - U Uᵀ "
+                "with U's columns orthonormal",
+            )
+        if not torch.allclose(got @ got, got, atol=1e-4):
+            return _report(
+                name,
+                False,
+                f"C·C != C ({where}): not a projector; build it from orthonormal "
+                "singular vectors, not from W·Xᵀ itself",
+            )
+        U = torch.linalg.svd(W @ X.T, full_matrices=False).U[:, :r_s]
+        rest = torch.eye(d_out, dtype=torch.float64) - U @ U.T
+        trace = float(torch.trace(got))
+        if abs(trace - (d_out - r_s)) > 1e-3:
+            hint = ""
+            if abs(trace - r_s) < 1e-3 and torch.allclose(got, U @ U.T, atol=1e-4):
+                hint = (
+                    " (wrong sign: U_C U_Cᵀ keeps only the safety subspace instead of removing it"
+                    " — the bug "
+                    "of SaLoRA's first public commit)"
+                )
+            return _report(
+                name,
+                False,
+                f"trace(C) = rank(C) = {trace:.3f}, expected d_out - r_s = {d_out - r_s} "
+                f"({where}){hint}",
+            )
+        if not torch.allclose(got, rest, atol=1e-4):
+            hint = ""
+            Xc = X - X.mean(0, keepdim=True)
+            if torch.allclose(got, _projector_onto_complement(W @ Xc.T, r_s), atol=1e-4):
+                hint = " (do not centre the features: SaLoRA uses the SVD of W·X as it is)"
+            elif W.shape[0] == W.shape[1] and torch.allclose(
+                got, _projector_onto_complement(X.T, r_s), atol=1e-4
+            ):
+                hint = " (that is the subspace of the inputs X; C protects the layer's outputs W·X)"
+            elif torch.allclose(got, _projector_onto_complement(W, r_s), atol=1e-4):
+                hint = (
+                    " (that is the top subspace of W alone; weight it by the safety features: W·Xᵀ)"
+                )
+            err = float((got @ U).abs().max())
+            return _report(
+                name,
+                False,
+                f"C does not remove the top-{r_s} output subspace of W·Xᵀ: "
+                f"max |C·U_C| = {err:.3f} ({where}){hint}",
+            )
+    return _report(
+        name, True, "symmetric, idempotent, rank d_out - r_s, and C·U_C = 0 on every case"
+    )

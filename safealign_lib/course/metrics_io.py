@@ -1,0 +1,87 @@
+"""The metrics contract: ``build/metrics.json``, keyed by notebook number.
+
+Each notebook's last cell calls :func:`record` with a flat dict of numbers; regression runs
+read the same keys, so keep them stable. The keys each notebook must write are in
+:mod:`safealign_lib.course.contract`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from safealign_lib.config import build_dir
+from safealign_lib.course.contract import REQUIRED
+
+
+def metrics_path(path: str | os.PathLike | None = None) -> Path:
+    return Path(path) if path is not None else build_dir() / "metrics.json"
+
+
+def load(path: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
+    """All recorded metrics ({} when nothing was recorded yet)."""
+    p = metrics_path(path)
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{p} is not valid JSON ({err}); delete it and rerun the notebooks."
+        ) from err
+
+
+def record(
+    notebook: str,
+    values: dict[str, float],
+    path: str | os.PathLike | None = None,
+    strict: bool = True,
+) -> dict[str, float]:
+    """Write ``values`` under key ``notebook`` (replacing that notebook's previous entry).
+
+    Values must be finite numbers. With ``strict``, every key of ``REQUIRED[notebook]`` must be
+    present, so a notebook that silently skipped a section fails loudly.
+    """
+    clean: dict[str, float] = {}
+    for k, v in values.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"Metric {k!r} of notebook {notebook} is {v!r}, not a number.") from err
+        if not math.isfinite(f):
+            raise ValueError(f"Metric {k!r} of notebook {notebook} is {f}; metrics must be finite.")
+        clean[k] = f
+    missing = [k for k in REQUIRED.get(notebook, ()) if k not in clean]
+    if strict and missing:
+        raise KeyError(f"Notebook {notebook} did not record required metric(s) {missing}.")
+    p = metrics_path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    allm = load(p)
+    allm[notebook] = clean
+    # write-then-rename: a crash never leaves a half-written metrics file
+    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(dict(sorted(allm.items())), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, p)
+    return clean
+
+
+def flatten(frame: object, template: str, rename: dict[str, str] | None = None) -> dict[str, float]:
+    """A results table as flat metric keys: one key per (row, column), named by ``template``
+    with ``{col}`` and the index level names, e.g. ``"{col}_{method}_{condition}"``. ``rename``
+    maps index values to their key spelling (``{"Safe LoRA": "safelora"}``)."""
+    rename = rename or {}
+    names = list(frame.index.names)
+    if any(n is None for n in names):
+        raise ValueError(f"flatten needs named index levels to fill {template!r}; got {names}.")
+    out: dict[str, float] = {}
+    for idx, row in frame.iterrows():
+        values = idx if isinstance(idx, tuple) else (idx,)
+        fields = {n: rename.get(v, v) for n, v in zip(names, values, strict=True)}
+        for col, v in row.items():
+            out[template.format(col=col, **fields)] = float(v)
+    return out

@@ -1,0 +1,83 @@
+"""One call that sets up a course notebook: :func:`notebook_setup`.
+
+Every notebook's second cell is ``P, timer = notebook_setup(profile, ...)`` with the values of
+its ``parameters`` cell. It quiets the progress bars and the known harmless warnings, resolves
+and validates the profile (with the notebook's overrides), applies the notebook's thread policy,
+seeds the global random generators when asked, prints a one-line summary and starts the timer
+whose reading becomes the notebook's ``wall_s``.
+
+The signature is fixed: later work only adds keyword arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from safealign_lib.course.profiles import Profile, get_profile, validate
+
+# Harmless warnings every newcomer would otherwise see in each notebook, filtered by message.
+_QUIET = (
+    (".*is_gradient_checkpointing.*", FutureWarning),  # transformers 5 deprecation inside peft
+)
+
+
+@dataclass
+class Timer:
+    """Wall-clock time since the notebook's set-up."""
+
+    start: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        """Seconds since the timer started."""
+        return time.perf_counter() - self.start
+
+
+def notebook_setup(
+    profile: str = "cpu",
+    *,
+    seeds: Sequence[int] | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    seed: int | None = None,
+    quiet: bool = False,
+    **overrides: object,
+) -> tuple[Profile, Timer]:
+    """Set up a notebook: returns ``(profile, timer)``.
+
+    ``profile`` names a run profile (``cpu``, ``smoke``, ``gpu``). ``seeds`` and ``device``
+    override the profile's when given (``None`` keeps them); other keyword arguments override
+    profile fields by name (``chat_model=...``); a value of ``None`` keeps the profile's.
+    ``threads`` sets torch's CPU thread count when the profile runs on the CPU (``None`` leaves
+    torch's default). ``seed`` seeds Python, NumPy and torch. Raises ``ValueError`` naming every
+    problem when the profile cannot run here.
+    """
+    timer = Timer()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for message, category in _QUIET:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    given = {"seeds": seeds, "device": device, **overrides}
+    P = get_profile(profile, **{k: v for k, v in given.items() if v is not None})
+    problems = validate(P)
+    if problems:
+        raise ValueError(f"Profile {P.name!r} cannot run here: " + "; ".join(problems))
+    if threads is not None and P.device == "cpu":
+        import torch
+
+        # the organism's matrices are tiny: on a busy 2-core machine a second thread
+        # spin-waits and makes every step several times slower (bench/RESULTS.md)
+        torch.set_num_threads(threads)
+    if seed is not None:
+        from safealign_lib.adapters.finetune import seed_everything
+
+        seed_everything(seed)
+    if not quiet:
+        print(
+            f"profile={P.name}  seeds={list(P.seeds)}  device={P.device}  "
+            f"chat={P.chat_model}  base={P.base_model}  n_eval={P.n_eval}"
+        )
+    return P, timer

@@ -1,0 +1,190 @@
+"""Readers for the public data formats a GPU-runtime user brings (never shipped here).
+
+Each returns a list of :class:`~safealign_lib.models.chat.ChatExample` so that the rest of the
+library treats them like the course's own splits. A missing file or column is reported by
+name, with what the format expects.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from safealign_lib.models.chat import ChatExample
+
+# HEx-PHI's eleven categories, in file order (category_1.csv ... category_11.csv)
+HEX_PHI_CATEGORIES = (
+    "illegal_activity",
+    "child_abuse_content",
+    "hate_harass_violence",
+    "malware",
+    "physical_harm",
+    "economic_harm",
+    "fraud_deception",
+    "adult_content",
+    "political_campaigning",
+    "privacy_violation",
+    "tailored_financial_advice",
+)
+
+
+def _require_file(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{what} file not found: {p}. Download it yourself (licence terms apply) "
+            "and pass its path."
+        )
+    return p
+
+
+def _require_columns(have: Iterable[str], need: Iterable[str], path: Path, fmt: str) -> None:
+    have = list(have)
+    missing = [c for c in need if c not in have]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing} for the {fmt} format (found {have})."
+        )
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def load_advbench(path: str | os.PathLike) -> list[ChatExample]:
+    """AdvBench ``harmful_behaviors.csv`` (columns ``goal,target``): harmful requests."""
+    p = _require_file(path, "AdvBench")
+    with open(p, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        _require_columns(reader.fieldnames or [], ("goal", "target"), p, "AdvBench (goal,target)")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{p} has a header but no rows.")
+    return [
+        ChatExample(
+            user=r["goal"], meta={"harmful": True, "source": "advbench", "target": r["target"]}
+        )
+        for r in rows
+    ]
+
+
+def load_hex_phi(
+    folder: str | os.PathLike, categories: Iterable[int] | None = None
+) -> list[ChatExample]:
+    """HEx-PHI: ``category_1.csv`` … ``category_11.csv`` in ``folder``, one prompt per line,
+    no header. ``categories`` picks some (1-based)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"HEx-PHI folder not found: {root} (expected category_1.csv … category_11.csv)."
+        )
+    out = []
+    for k in categories or range(1, 12):
+        if not 1 <= k <= 11:
+            raise ValueError(f"HEx-PHI has categories 1–11, not {k}.")
+        p = _require_file(root / f"category_{k}.csv", f"HEx-PHI category {k}")
+        with open(p, newline="", encoding="utf-8") as f:
+            for row in csv.reader(f):
+                if row and row[0].strip():
+                    out.append(
+                        ChatExample(
+                            user=row[0].strip(),
+                            meta={
+                                "harmful": True,
+                                "source": "hex-phi",
+                                "category": HEX_PHI_CATEGORIES[k - 1],
+                            },
+                        )
+                    )
+    if not out:
+        raise ValueError(f"No prompts found in {root}.")
+    return out
+
+
+def load_alpaca(path: str | os.PathLike, limit: int | None = None) -> list[ChatExample]:
+    """Alpaca JSON: a list of ``{instruction, input, output}``; the input is appended to the
+    instruction when present."""
+    p = _require_file(path, "Alpaca")
+    try:
+        records = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{p} is not valid JSON ({err}); Alpaca is one JSON list.") from err
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{p}: expected a non-empty JSON list of records.")
+    _require_columns(
+        records[0].keys(),
+        ("instruction", "input", "output"),
+        p,
+        "Alpaca (instruction,input,output)",
+    )
+    out = []
+    for r in records[:limit]:
+        user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        out.append(
+            ChatExample(
+                user=user, response=r["output"], meta={"harmful": False, "source": "alpaca"}
+            )
+        )
+    return out
+
+
+def _read_records(p: Path) -> list[dict]:
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".csv":
+        return _read_csv(p)
+    if p.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    records = json.loads(text)
+    if not isinstance(records, list):
+        raise ValueError(f"{p}: expected a JSON list of records.")
+    return records
+
+
+def load_beavertails(path: str | os.PathLike) -> list[ChatExample]:
+    """BeaverTails (``prompt, response, is_safe``; JSON, JSON lines or CSV). ``meta['harmful']``
+    is ``not is_safe``: the *pair* is unsafe."""
+    p = _require_file(path, "BeaverTails")
+    rows = _read_records(p)
+    if not rows:
+        raise ValueError(f"{p} has no records.")
+    _require_columns(
+        rows[0].keys(),
+        ("prompt", "response", "is_safe"),
+        p,
+        "BeaverTails (prompt,response,is_safe)",
+    )
+    out = []
+    for r in rows:
+        safe = r["is_safe"]
+        safe = safe if isinstance(safe, bool) else str(safe).strip().lower() in ("true", "1")
+        out.append(
+            ChatExample(
+                user=r["prompt"],
+                response=r["response"],
+                meta={"harmful": not safe, "source": "beavertails"},
+            )
+        )
+    return out
+
+
+def load_dialogsum(
+    path: str | os.PathLike, instruction: str = "Summarize the following dialogue."
+) -> list[ChatExample]:
+    """DialogSum (``dialogue, summary``; CSV, JSON or JSON lines) as summarisation examples."""
+    p = _require_file(path, "DialogSum")
+    rows = _read_records(p)
+    if not rows:
+        raise ValueError(f"{p} has no records.")
+    _require_columns(rows[0].keys(), ("dialogue", "summary"), p, "DialogSum (dialogue,summary)")
+    return [
+        ChatExample(
+            user=f"{instruction}\n{r['dialogue']}",
+            response=r["summary"],
+            meta={"harmful": False, "source": "dialogsum", "category": "summarization"},
+        )
+        for r in rows
+    ]
