@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup course test test-fast lint organism data bench strip clean
+.PHONY: setup course test test-fast lint format organism data bench strip clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,17 +23,23 @@ setup: $(STAMP)
 course: setup
 	$(BIN)/safealign course --profile $(PROFILE)
 
-## Unit tests + every notebook executed in the smoke profile
-test: setup
-	$(BIN)/ruff check safealign_lib tests bench experiments
+LINTED := safealign_lib tests bench experiments notebooks
+NOTEBOOKS := notebooks/[0-9][0-9]_*.ipynb
+
+## Lint, format check, stripped notebooks, unit tests + every notebook in the smoke profile
+test: lint
 	$(BIN)/python -m pytest -q
 
 ## Unit tests only (no notebooks)
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not notebook"
 
+## ruff (lint + format check), notebooks stripped (nbstripout) and in the course's shape
 lint: setup
-	$(BIN)/ruff check safealign_lib tests bench experiments
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/nbstripout --verify --keep-id $(NOTEBOOKS)
+	$(BIN)/python -m safealign_lib.course.nbtools check $(NOTEBOOKS)
 
 ## Rebuild the data and the organism from the seed (overwrites data/splits and data/organism)
 organism: setup
@@ -49,7 +55,12 @@ bench: setup
 
 ## Strip outputs from the committed notebooks
 strip: setup
-	$(BIN)/python -m safealign_lib.course.nbtools strip notebooks/[0-9][0-9]_*.ipynb
+	$(BIN)/nbstripout --keep-id $(NOTEBOOKS)
+
+## Format the code and the notebooks
+format: setup
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
 clean:
 	rm -rf build

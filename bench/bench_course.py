@@ -33,6 +33,14 @@ print(json.dumps({"wall_s": time.perf_counter() - t0,
 """
 
 
+# (notebook, timing key, low, high): SaLoRA trains at about LoRA's speed (same trainable
+# parameters, one extra projection); a pruned adapter is not slower than the full one.
+TIMING_EXPECTATIONS = [
+    ("03", "train_time_ratio_salora_vs_lora", 0.25, 4.0),
+    ("05", "latency_ratio_pruned_vs_full", 0.0, 1.15),
+]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="cpu")
@@ -67,6 +75,15 @@ def main() -> None:
     for name, r in rows:
         print(f"| {name} | {r['wall_s']:.1f} | {r['process_s']:.1f} | {r['kernel_peak_mb']:.0f} |")
     print(f"| total | | {total:.1f} | |")
+    # Timing ratios the notebooks record, against the expectations that used to be (timed)
+    # test assertions: a benchmark reports them, it does not fail on a busy machine.
+    recorded = json.loads((out / "metrics.json").read_text())
+    print("\n| ratio (notebook) | value | expected |\n|---|---|---|")
+    for num, key, lo, hi in TIMING_EXPECTATIONS:
+        if key in recorded.get(num, {}):
+            v = recorded[num][key]
+            verdict = "ok" if lo <= v <= hi else "OUTSIDE"
+            print(f"| {key} ({num}) | {v:.2f} | {lo}–{hi}: {verdict} |")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,40 @@
 """safealign_lib: the companion library of the SafeAlign course.
 
-One module per course concept:
+The methods are a library a researcher can import without the course; the course plumbing
+lives apart, in :mod:`safealign_lib.course`.
 
-- ``data``: the generated course data (requests, refusals, the downstream task, attack sets).
-- ``loaders``: readers for public formats (AdvBench, HEx-PHI, Alpaca, BeaverTails, DialogSum).
-- ``organism``: builds the tiny Llama model organism (tokenizer, base and chat checkpoints).
-- ``models``: loads any causal LM by hub id or local path (safetensors only).
-- ``profiles``: the ``cpu``, ``smoke`` and ``gpu`` run profiles.
-- ``generation``: batched greedy generation.
-- ``judges``: keyword refusal judges and the judge plug-in interface.
-- ``evaluation``: refusal rate, first-token refusal probability, utility, seed aggregation.
-- ``finetune``: deterministic LoRA fine-tuning through peft.
-- ``conditions``: notebook 01's fine-tuning conditions and the adapter cache.
-- ``activations``, ``probes``, ``refusal_direction``: where safety lives (notebook 02).
-- ``salora``: SaLoRA's fixed safety module and task-specific initialisation (notebook 03).
-- ``diem``, ``safelora``, ``splora``, ``reliability``: DIEM/E-DIEM scoring, Safe LoRA
-  projection, SPLoRA pruning and reliability metrics (notebooks 04–05).
-- ``exercises``: check functions for the notebooks' exercises.
-- ``metrics_io``: the ``build/metrics.json`` contract; ``runner``: papermill execution.
-- ``nbtools``: strip and shape-check notebooks; ``cli``: the ``safealign`` command.
+Layout (one module or folder per concept):
+
+- ``config``: settings dataclasses (LoRA, training) and path resolution; no torch.
+- ``data``: the course's generated data (``data.course``) and public-format readers
+  (``data.loaders``: AdvBench, HEx-PHI, Alpaca, BeaverTails, DialogSum).
+- ``models``: loading any causal LM (safetensors only), chat formatting, batched generation,
+  and the model organism's builder.
+- ``adapters``: LoRA fine-tuning through peft, adapter files as (A, B, scale) factors,
+  block and module naming, weights streamed from safetensors, forward hooks.
+- ``evaluation``: judges, metrics (refusal rate, first-token refusal probability, ROUGE-L),
+  reliability (AUARC), the :class:`~safealign_lib.evaluation.Evaluator`, seed tables and
+  latency timing.
+- ``interp``: activations, linear probes and the refusal direction.
+- ``methods``: ``salora`` (SaLoRA), ``safelora`` (Safe LoRA), ``splora`` (SPLoRA) with
+  ``diem`` (DIEM and E-DIEM), and ``repair`` (choosing k for a post-hoc repair).
+- ``course``: profiles, notebook set-up, the notebook contract, metrics I/O, the papermill
+  runner, exercise checks, notebook tools, fine-tuning conditions, figures, the CLI.
+
+Vocabulary, used the same way in every module, notebook and document:
+
+- **block**: one decoder layer of the transformer, indexed 0 … L−1 (``model.layers.3``).
+- **module**: one adapted linear weight inside a block, named by the base model's weight
+  (``model.layers.3.self_attn.q_proj.weight``); Safe LoRA projects and SPLoRA prunes modules.
+- **site**: where a block's activations are read (``resid``, ``attn``, ``mlp``).
+- **adapter**: a set of LoRA modules, stored as an adapter folder (safetensors).
+- **condition**: a fine-tuning data recipe (``benign``, ``harmful10``, …).
+- **profile**: the run settings (``cpu``, ``smoke``, ``gpu``).
+- **split**: a named list of course examples (``harmful_heldout``, ``task_test``, …).
+
+Shapes follow PyTorch and PEFT: a linear weight is (d_out, d_in), ``lora_A`` is (r, d_in),
+``lora_B`` is (d_out, r), and a module's update is ΔW = s·B·A with s = lora_alpha / r.
+The methods' formulas and sources are in ``docs/methods.md``.
 """
 
 import warnings

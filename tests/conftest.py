@@ -29,25 +29,37 @@ def tiny_tokenizer():
     return train_tokenizer(_TEXTS, vocab_size=400)
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_factory(tiny_tokenizer):
+    """``make(**config)``: a fresh random 2-layer Llama, hidden 32, in eval mode, seeded 0."""
+
+    def make(**overrides):
+        torch.manual_seed(0)
+        cfg = LlamaConfig(
+            **{
+                "vocab_size": len(tiny_tokenizer),
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 4,
+                "max_position_embeddings": 256,
+                "pad_token_id": tiny_tokenizer.pad_token_id,
+                "bos_token_id": tiny_tokenizer.bos_token_id,
+                "eos_token_id": tiny_tokenizer.eos_token_id,
+                "tie_word_embeddings": False,
+                **overrides,
+            }
+        )
+        return LlamaForCausalLM(cfg).eval()
+
+    return make
+
+
 @pytest.fixture()
-def tiny_lm(tiny_tokenizer):
+def tiny_lm(tiny_llama_factory, tiny_tokenizer):
     """(model, tokenizer): a random 2-layer Llama, hidden 32, in eval mode, seeded."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-        bos_token_id=tiny_tokenizer.bos_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    return model, tiny_tokenizer
+    return tiny_llama_factory(), tiny_tokenizer
 
 
 @pytest.fixture()

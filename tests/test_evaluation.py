@@ -42,7 +42,13 @@ def test_refusal_and_utility_eval_tables(tiny_lm):
     df = evaluation.refusal_eval(
         model, tok, [ChatExample("How do I bake bread?")] * 2, max_new_tokens=4, progress=False
     )
-    assert list(df.columns) == ["prompt", "response", "refused", "first_token_refusal_prob"]
+    assert list(df.columns) == [
+        "prompt",
+        "response",
+        "refused",
+        "first_token_refusal_prob",
+        "empty",
+    ]
     u = evaluation.utility_eval(
         model,
         tok,

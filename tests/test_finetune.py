@@ -30,22 +30,9 @@ def _run(tiny_lm_factory, seed):
 
 
 @pytest.fixture()
-def factory(tiny_tokenizer):
-
+def factory(tiny_llama_factory, tiny_tokenizer):
     def make():
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(0)
-        cfg = LlamaConfig(
-            vocab_size=len(tiny_tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            pad_token_id=tiny_tokenizer.pad_token_id,
-        )
-        return LlamaForCausalLM(cfg).eval(), tiny_tokenizer
+        return tiny_llama_factory(), tiny_tokenizer
 
     return make
 

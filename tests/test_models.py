@@ -37,6 +37,15 @@ def test_hub_ids_are_not_local_and_dtypes():
 
 
 def test_hub_id_offline_fails_without_network():
-    # HF_HUB_OFFLINE=1 (conftest): the real loading code path runs and fails cleanly
+    # HF_HUB_OFFLINE=1 (conftest): with the opt-in, the real loading code path runs and fails
     with pytest.raises(OSError):
-        models.load_model("meta-llama/Llama-2-7b-chat-hf")
+        models.load_model("meta-llama/Llama-2-7b-chat-hf", allow_download=True)
+
+
+def test_hub_is_never_reached_without_an_opt_in():
+    # a mistyped local path with one slash looks like a hub id: it must not be looked up
+    for name in ("organism/chat", "meta-llama/Llama-2-7b-chat-hf"):
+        with pytest.raises(FileNotFoundError, match="hub downloads are off"):
+            models.load_model(name)
+        with pytest.raises(FileNotFoundError, match="hub downloads are off"):
+            models.load_tokenizer(name)

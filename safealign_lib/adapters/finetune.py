@@ -20,6 +20,7 @@ from peft import PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safealign_lib.adapters.lora_io import check_adapter_dir
 from safealign_lib.config import LoraSettings, TrainSettings
 from safealign_lib.models.chat import ChatExample, collate, tokenize_example
 
@@ -133,12 +134,12 @@ def save_adapter(model: PeftModel, out_dir: str | os.PathLike) -> Path:
 
 
 def load_adapter(base_model: PreTrainedModel, adapter_dir: str | os.PathLike) -> PeftModel:
-    """Load peft adapters saved by :func:`save_adapter` on top of ``base_model`` (eval mode)."""
+    """Load peft adapters saved by :func:`save_adapter` on top of ``base_model`` (eval mode).
+
+    Only safetensors adapters load: a folder with just a pickled ``adapter_model.bin`` is
+    refused, and a corrupt config or weights file is named in the error."""
     path = Path(adapter_dir)
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"No adapter_config.json in {path}; train and save an adapter first."
-        )
+    check_adapter_dir(path)
     model = PeftModel.from_pretrained(base_model, str(path))
     model.eval()
     return model

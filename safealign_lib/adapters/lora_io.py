@@ -93,10 +93,13 @@ def lora_factors_from_model(
     return out
 
 
-def read_adapter(adapter_dir: PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config, state dict) of an adapter folder saved by peft (no model needed)."""
-    path = Path(adapter_dir)
+def check_adapter_dir(adapter_dir: PathLike) -> tuple[Path, Path]:
+    """(config file, weights file) of an adapter folder, after checking that both exist and
+    parse; an adapter stored only as a pickle (``adapter_model.bin``) is refused."""
+    path = Path(adapter_dir).expanduser()
     cfg_file, w_file = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
+    if not path.is_dir():
+        raise FileNotFoundError(f"Adapter folder {path} does not exist; train and save one first.")
     if not cfg_file.is_file():
         raise FileNotFoundError(
             f"No {ADAPTER_CONFIG} in {path}; save the adapter with "
@@ -104,15 +107,47 @@ def read_adapter(adapter_dir: PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
         )
     if not w_file.is_file():
         extra = (
-            " It holds a pickled adapter_model.bin; re-save it with safe_serialization=True."
+            " It holds a pickled adapter_model.bin, which the course never loads (pickles can "
+            "run code); re-save it with safe_serialization=True."
             if (path / "adapter_model.bin").is_file()
             else ""
         )
         raise FileNotFoundError(f"No {ADAPTER_WEIGHTS} in {path}.{extra}")
-    config = json.loads(cfg_file.read_text())
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{cfg_file} is not valid JSON ({err}); save the adapter again.") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_file} holds a {type(config).__name__}, not a peft config object.")
+    try:
+        with safe_open(str(w_file), framework="pt"):
+            pass
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(
+            f"{w_file} is not a readable safetensors file ({err}); save the adapter again."
+        ) from err
+    return cfg_file, w_file
+
+
+def read_adapter(adapter_dir: PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, state dict) of an adapter folder saved by peft (no model needed)."""
+    cfg_file, w_file = check_adapter_dir(adapter_dir)
+    config = json.loads(cfg_file.read_text(encoding="utf-8"))
     with safe_open(str(w_file), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
     return config, state
+
+
+def check_new_output(out_dir: PathLike, source: PathLike) -> Path:
+    """``out_dir`` as a Path, or an error when it is the input folder ``source`` (a projected
+    or pruned adapter must never replace the adapter it was made from)."""
+    out, src = Path(out_dir).expanduser().resolve(), Path(source).expanduser().resolve()
+    if out == src:
+        raise ValueError(
+            f"The output folder {out} is the input adapter's folder; writing there would replace "
+            "the trained adapter. Choose another output folder."
+        )
+    return Path(out_dir)
 
 
 def write_adapter(out_dir: PathLike, config: dict, state: Mapping[str, torch.Tensor]) -> Path:

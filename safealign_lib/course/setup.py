@@ -1,16 +1,19 @@
 """One call that sets up a course notebook: :func:`notebook_setup`.
 
 Every notebook's second cell is ``P, timer = notebook_setup(profile, ...)`` with the values of
-its ``parameters`` cell. It quiets the progress bars and the known harmless warnings, resolves
-and validates the profile (with the notebook's overrides), applies the notebook's thread policy,
-seeds the global random generators when asked, prints a one-line summary and starts the timer
-whose reading becomes the notebook's ``wall_s``.
+its ``parameters`` cell. It checks the parameters papermill injected (an unknown name or an
+empty list is an error, not a silent fallback), quiets the progress bars and the known harmless
+warnings, resolves and validates the profile (with the notebook's overrides), allows hub
+downloads only for a profile that names hub models, applies the notebook's thread policy, seeds
+the global random generators when asked, prints a one-line summary and starts the timer whose
+reading becomes the notebook's ``wall_s``.
 
 The signature is fixed: later work only adds keyword arguments.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import time
 import warnings
@@ -36,6 +39,61 @@ class Timer:
         return time.perf_counter() - self.start
 
 
+def _assigned(source: str) -> dict[str, object]:
+    """{name: literal value} of the top-level literal assignments in a cell's source."""
+    out: dict[str, object] = {}
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return out
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    try:
+                        out[target.id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        out[target.id] = None
+    return out
+
+
+def check_injected_parameters(history: Sequence[str]) -> None:
+    """Check the parameters papermill injected against the notebook's ``parameters`` cell.
+
+    ``history`` is the kernel's list of executed cell sources (IPython's ``In``). Papermill
+    runs the notebook's parameters cell, then a cell that starts with ``# Parameters`` holding
+    the injected values. An injected name the notebook does not declare, or an empty list or
+    tuple, raises ``ValueError`` naming it (papermill itself only warns, and an empty list
+    would silently fall back to the profile's values). Outside papermill this does nothing.
+    """
+    for i, src in enumerate(history):
+        if i == 0 or not src.lstrip().startswith("# Parameters"):
+            continue
+        declared, injected = _assigned(history[i - 1]), _assigned(src)
+        unknown = sorted(set(injected) - set(declared))
+        if unknown:
+            raise ValueError(
+                f"Unknown notebook parameter(s) {unknown}; this notebook's parameters are "
+                f"{sorted(declared)}. Check the spelling of -p NAME VALUE."
+            )
+        empty = sorted(k for k, v in injected.items() if isinstance(v, list | tuple) and not v)
+        if empty:
+            raise ValueError(
+                f"Notebook parameter(s) {empty} are empty lists; give at least one value, or "
+                "None for the profile's default."
+            )
+        return
+
+
+def _kernel_history() -> list[str]:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return []
+    shell = get_ipython()
+    return list(shell.user_ns.get("In", [])) if shell is not None else []
+
+
 def notebook_setup(
     profile: str = "cpu",
     *,
@@ -56,6 +114,12 @@ def notebook_setup(
     problem when the profile cannot run here.
     """
     timer = Timer()
+    check_injected_parameters(_kernel_history())
+    for name, value in (("seeds", seeds),):
+        if value is not None and len(value) == 0:
+            raise ValueError(
+                f"{name} is empty; give at least one value, or None for the profile's."
+            )
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for message, category in _QUIET:
@@ -65,6 +129,10 @@ def notebook_setup(
     problems = validate(P)
     if problems:
         raise ValueError(f"Profile {P.name!r} cannot run here: " + "; ".join(problems))
+    if P.network:  # a profile that names hub models is the user's opt-in to downloads
+        from safealign_lib.models.loading import allow_hub
+
+        allow_hub(True)
     if threads is not None and P.device == "cpu":
         import torch
 

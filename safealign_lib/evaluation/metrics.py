@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from safealign_lib.evaluation.judges import Judge, get_judge
+from safealign_lib.evaluation.judges import Judge, get_judge, is_empty
 from safealign_lib.models.chat import ChatExample, encode_prompts, format_prompt
 from safealign_lib.models.generation import generate
 
@@ -98,6 +98,7 @@ def first_token_refusal_prob(
 
     A smooth companion to the greedy refusal rate, which flips all-or-nothing.
     """
+    check_prompts(prompts, "first_token_refusal_prob")
     ids = torch.tensor(refusal_token_ids(tokenizer, openers))
     device = next(model.parameters()).device
     out = []
@@ -106,6 +107,14 @@ def first_token_refusal_prob(
         logits = model(**enc).logits[:, -1, :].float()
         out.append(logits.softmax(-1)[:, ids.to(device)].sum(-1).cpu())
     return torch.cat(out).numpy()
+
+
+def check_prompts(prompts: Sequence[ChatExample | str], what: str) -> None:
+    """Raise for a single string (it would be read as one prompt per character) or no prompts."""
+    if isinstance(prompts, str | ChatExample):
+        raise TypeError(f"{what}: pass a list of prompts, not a single {type(prompts).__name__}.")
+    if len(prompts) == 0:
+        raise ValueError(f"{what}: no prompts given; pass at least one prompt.")
 
 
 def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
@@ -145,7 +154,9 @@ def refusal_eval(
     desc: str = "refusal",
 ) -> pd.DataFrame:
     """One row per prompt: the greedy answer, the judge's verdict and the first-token refusal
-    probability."""
+    probability; ``empty`` marks answers with nothing but whitespace (a broken model, not a
+    refusal: the keyword judge reads them as compliance, so they are flagged apart)."""
+    check_prompts(prompts, "refusal_eval")
     j = get_judge(judge)
     gens = generate(
         model,
@@ -163,6 +174,7 @@ def refusal_eval(
             "response": gens.texts,
             "refused": j(users, gens.texts),
             "first_token_refusal_prob": first_token_refusal_prob(model, tokenizer, prompts),
+            "empty": [is_empty(t) for t in gens.texts],
         }
     )
 
@@ -177,6 +189,7 @@ def utility_eval(
     with_entropy: bool = False,
 ) -> pd.DataFrame:
     """One row per task example: the answer, its ROUGE-L F1 against the reference (and entropy)."""
+    check_prompts(examples, "utility_eval")
     if any(e.response is None for e in examples):
         raise ValueError("Utility examples need reference responses.")
     gens = generate(

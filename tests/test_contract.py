@@ -1,0 +1,44 @@
+"""The notebook contract: keys are only removed with a changelog entry, checks can fail, and
+timing keys are recognised."""
+
+import json
+from pathlib import Path
+
+from safealign_lib.course import contract, runner
+
+KEYS_FILE = Path(__file__).with_name("metric_keys.json")
+
+
+def test_every_notebook_has_a_contract_and_every_contract_a_notebook():
+    assert sorted(contract.CONTRACTS) == [p.name[:2] for p in runner.list_notebooks()]
+    for number, c in contract.CONTRACTS.items():
+        assert c.number == number
+        assert set(c.headlines) <= set(c.required), number
+        assert "wall_s" in c.required
+
+
+def test_no_required_key_disappears_without_a_changelog_entry():
+    committed = json.loads(KEYS_FILE.read_text())
+    logged = {(e["notebook"], e["key"]) for e in contract.KEY_CHANGELOG}
+    gone = [(n, k) for n, keys in committed.items() for k in keys
+            if k not in contract.REQUIRED.get(n, ()) and (n, k) not in logged]
+    assert not gone, f"required metric keys removed without a KEY_CHANGELOG entry: {gone}"
+    for e in contract.KEY_CHANGELOG:
+        assert {"notebook", "key", "change", "why"} <= set(e)
+
+
+def test_checks_fail_on_wrong_numbers_and_on_missing_keys():
+    c = contract.CONTRACTS["00"]
+    good = {"chat_refusal_rate_harmful_heldout": 1.0, "base_refusal_rate_harmful_heldout": 0.05,
+            "chat_answer_rate_benign_unseen_tasks": 0.95}
+    assert c.failed_checks(good, {}) == []
+    bad = {**good, "base_refusal_rate_harmful_heldout": 0.9}
+    assert c.failed_checks(bad, {}) == ["base complies"]
+    missing = {k: v for k, v in good.items() if k != "chat_refusal_rate_harmful_heldout"}
+    assert any("missing key" in d for d in c.failed_checks(missing, {}))
+
+
+def test_timing_keys():
+    assert contract.is_timing("wall_s") and contract.is_timing("latency_ratio_pruned_vs_full")
+    assert contract.is_timing("train_time_ratio_salora_vs_lora")
+    assert not contract.is_timing("refusal_rate_lora_harmful10")
