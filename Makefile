@@ -43,10 +43,10 @@ lint: setup
 
 ## Rebuild the data and the organism from the seed (overwrites data/splits and data/organism)
 organism: setup
-	$(BIN)/safealign organism build
+	$(BIN)/safealign organism build --force
 
 data: setup
-	$(BIN)/safealign data build
+	$(BIN)/safealign data build --force
 
 bench: setup
 	$(BIN)/python bench/bench_course.py

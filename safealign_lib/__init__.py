@@ -39,7 +39,10 @@ The methods' formulas and sources are in ``docs/methods.md``.
 
 import warnings
 
-# tqdm.auto falls back to text bars without ipywidgets; the warning it prints says nothing useful
+# Warnings every newcomer would otherwise see after each notebook, silenced by message (never
+# wholesale): tqdm.auto's text-bar fallback without ipywidgets, and a transformers 5
+# deprecation that peft triggers inside every LoRA wrap (nothing a user can change).
 warnings.filterwarnings("ignore", message="IProgress not found")
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 __version__ = "0.1.0"

@@ -1,7 +1,8 @@
 """The ``safealign`` command line: rebuild the data and the organism, run the course.
 
-safealign data build              # data/splits/*.jsonl + pretrain.txt
-safealign organism build          # data splits + data/organism/{base,chat} (about 2–3 min)
+safealign data build [--force]     # data/splits/*.jsonl + pretrain.txt
+safealign organism build [--force] # data splits + data/organism/{base,chat} (about 100 s)
+safealign organism build --quick  # a 2-layer test build into build/organism-quick
 safealign course [--profile cpu] [--only 00 01]
 safealign metrics                 # print build/metrics.json
 safealign profile check gpu       # validate a profile without loading a model
@@ -20,13 +21,34 @@ from safealign_lib.course import metrics_io, profiles, runner
 from safealign_lib.models import organism
 
 
+def _refuse_overwrite(folder: str | Path, shipped: Path, force: bool, what: str) -> None:
+    """Rebuilding into the shipped folders (or over existing files) needs ``--force``."""
+    target = Path(folder).expanduser()
+    exists = target.is_dir() and any(target.iterdir())
+    if exists and not force:
+        where = "the course's shipped " + what if target.resolve() == shipped.resolve() else what
+        raise SystemExit(
+            f"{target} already holds {where}; rebuilding would overwrite it. Pass --force to "
+            "overwrite, or --out (and --data-out) to write elsewhere."
+        )
+
+
 def _data_build(args: argparse.Namespace) -> int:
+    args.out = args.out or str(config.data_dir() / "splits")
+    _refuse_overwrite(args.out, config.data_dir() / "splits", args.force, "data splits")
     out = data.write(data.generate(args.seed), args.out)
     print(f"wrote the course data to {out}")
     return 0
 
 
 def _organism_build(args: argparse.Namespace) -> int:
+    quick = config.build_dir() / "organism-quick"
+    if args.out is None:  # a reduced build never lands on the shipped organism by default
+        args.out = str(quick if args.quick else config.organism_dir())
+    if args.data_out is None:
+        args.data_out = str(quick / "splits" if args.quick else config.data_dir() / "splits")
+    _refuse_overwrite(args.out, config.organism_dir(), args.force, "organism checkpoints")
+    _refuse_overwrite(args.data_out, config.data_dir() / "splits", args.force, "data splits")
     s = organism.OrganismSettings(seed=args.seed)
     if args.quick:  # a reduced build for tests and quick experiments (not the shipped one)
         s = organism.OrganismSettings(seed=args.seed, base_steps=60, chat_steps=40, num_layers=2)
@@ -51,7 +73,7 @@ def _course(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    print(json.dumps(metrics_io.load(args.file), indent=2))
+    print(json.dumps(metrics_io.load(args.file, must_exist=True), indent=2))
     return 0
 
 
@@ -78,19 +100,25 @@ def main(argv: list[str] | None = None) -> int:
 
     d = sub.add_parser("data", help="course data").add_subparsers(dest="sub", required=True)
     db = d.add_parser("build", help="regenerate data/splits")
-    db.add_argument("--out", default=str(data.default_data_dir() / "splits"))
+    db.add_argument("--out", default=None, help="default: data/splits")
     db.add_argument("--seed", type=int, default=data.DEFAULT_SEED)
+    db.add_argument("--force", action="store_true", help="overwrite existing splits")
     db.set_defaults(fn=_data_build)
 
     o = sub.add_parser("organism", help="the model organism").add_subparsers(
         dest="sub", required=True
     )
     ob = o.add_parser("build", help="train base and chat checkpoints from scratch")
-    ob.add_argument("--out", default=str(config.organism_dir()))
-    ob.add_argument("--data-out", default=str(data.default_data_dir() / "splits"))
+    ob.add_argument(
+        "--out", default=None, help="default: data/organism (--quick: build/organism-quick)"
+    )
+    ob.add_argument("--data-out", default=None, help="default: data/splits (--quick: beside --out)")
     ob.add_argument("--seed", type=int, default=data.DEFAULT_SEED)
     ob.add_argument(
         "--quick", action="store_true", help="a reduced 2-layer build (seconds, for tests)"
+    )
+    ob.add_argument(
+        "--force", action="store_true", help="overwrite existing checkpoints and splits"
     )
     ob.add_argument("--quiet", action="store_true")
     ob.set_defaults(fn=_organism_build)
@@ -112,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     pc.set_defaults(fn=_profile_check)
 
     args = ap.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
+        # a user error (a bad path, number or file) gets one clear line, not a traceback
+        print(f"safealign: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,25 +13,57 @@ import os
 import tempfile
 from pathlib import Path
 
-from safealign_lib.config import build_dir
+from safealign_lib.config import REPO_ROOT, build_dir
 from safealign_lib.course.contract import REQUIRED
 
 
+def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
+    """``path`` as a Path, or an error when it lies inside the course's ``notebooks/`` folder
+    (outputs never go there: they could overwrite a source notebook)."""
+    p = Path(path).expanduser()
+    resolved = p.resolve()
+    if REPO_ROOT is not None and resolved.is_relative_to((REPO_ROOT / "notebooks").resolve()):
+        raise ValueError(
+            f"The {what} {p} is inside the course's notebooks/ folder, which holds the source "
+            "notebooks; write it under build/ or another folder."
+        )
+    return p
+
+
 def metrics_path(path: str | os.PathLike | None = None) -> Path:
-    return Path(path) if path is not None else build_dir() / "metrics.json"
+    """The metrics file: ``path``, or ``build/metrics.json``."""
+    return (
+        check_output_path(path, "metrics file")
+        if path is not None
+        else build_dir() / "metrics.json"
+    )
 
 
-def load(path: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
-    """All recorded metrics ({} when nothing was recorded yet)."""
-    p = metrics_path(path)
+def load(
+    path: str | os.PathLike | None = None, must_exist: bool = False
+) -> dict[str, dict[str, float]]:
+    """All recorded metrics ({} when nothing was recorded yet, unless ``must_exist``)."""
+    p = Path(path) if path is not None else metrics_path()
     if not p.is_file():
+        if must_exist:
+            raise FileNotFoundError(
+                f"No metrics file at {p}; run the notebooks first (`safealign course`) or check "
+                "the path."
+            )
         return {}
     try:
-        return json.loads(p.read_text())
+        data = json.loads(p.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{p} is not valid JSON ({err}); delete it and rerun the notebooks."
         ) from err
+    bad = not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values())
+    if bad:
+        raise ValueError(
+            f"{p} holds a {type(data).__name__}, not the metrics object keyed by notebook "
+            '({"00": {...}, "01": {...}}); is it a metrics file? Delete it and rerun.'
+        )
+    return data
 
 
 def record(

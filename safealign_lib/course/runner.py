@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safealign_lib.config import REPO_ROOT, build_dir
 from safealign_lib.course.contract import HEADLINES, REQUIRED
-from safealign_lib.course.metrics_io import load
+from safealign_lib.course.metrics_io import check_output_path, load
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -35,6 +35,13 @@ def list_notebooks(numbers: Sequence[str] | None = None) -> list[Path]:
     """The course notebooks (``NN_name.ipynb``), optionally only the given numbers."""
     nbs = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     if numbers:
+        bad = [n for n in numbers if not str(n).strip().isdigit()]
+        if bad:
+            have = ", ".join(p.name[:2] for p in nbs)
+            raise ValueError(
+                f"Notebook numbers must be digits such as 00 or 3, got {bad}; the "
+                f"course has {have}."
+            )
         wanted = {f"{int(n):02d}" for n in numbers}
         nbs = [p for p in nbs if p.name[:2] in wanted]
         missing = wanted - {p.name[:2] for p in nbs}
@@ -57,10 +64,21 @@ def _failing_cell(nb_path: Path) -> str:
     return "unknown cell"
 
 
+def _kernel_config(config_class: type) -> object:
+    """Kernel settings: local IPC sockets on POSIX, so the kernel neither opens TCP ports nor
+    warns about unencrypted TCP after every notebook (Windows has no IPC transport)."""
+    cfg = config_class()
+    if os.name == "posix":
+        cfg.KernelManager.transport = "ipc"
+    return cfg
+
+
 def run_notebook(path: Path, parameters: dict, out_dir: Path, timeout_s: int = 1200) -> RunRecord:
     """Execute one notebook into ``out_dir`` (papermill); raise :class:`NotebookFailed` on error."""
     import papermill as pm
+    from traitlets.config import Config
 
+    check_output_path(out_dir, "output folder for executed notebooks")
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -72,6 +90,7 @@ def run_notebook(path: Path, parameters: dict, out_dir: Path, timeout_s: int = 1
             str(out),
             parameters=parameters,
             kernel_name="python3",
+            config=_kernel_config(Config),
             cwd=str(path.parent),
             execution_timeout=timeout_s,
             progress_bar=False,

@@ -2,8 +2,9 @@
 
 Every notebook's second cell is ``P, timer = notebook_setup(profile, ...)`` with the values of
 its ``parameters`` cell. It checks the parameters papermill injected (an unknown name or an
-empty list is an error, not a silent fallback), quiets the progress bars and the known harmless
-warnings, resolves and validates the profile (with the notebook's overrides), allows hub
+empty list is an error, not a silent fallback), quiets the progress bars (the package itself
+filters the known harmless warnings), resolves and validates the profile (with the notebook's
+overrides), allows hub
 downloads only for a profile that names hub models, applies the notebook's thread policy, seeds
 the global random generators when asked, prints a one-line summary and starts the timer whose
 reading becomes the notebook's ``wall_s``.
@@ -16,16 +17,10 @@ from __future__ import annotations
 import ast
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from safealign_lib.course.profiles import Profile, get_profile, validate
-
-# Harmless warnings every newcomer would otherwise see in each notebook, filtered by message.
-_QUIET = (
-    (".*is_gradient_checkpointing.*", FutureWarning),  # transformers 5 deprecation inside peft
-)
 
 
 @dataclass
@@ -122,8 +117,6 @@ def notebook_setup(
             )
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for message, category in _QUIET:
-        warnings.filterwarnings("ignore", message=message, category=category)
     given = {"seeds": seeds, "device": device, **overrides}
     P = get_profile(profile, **{k: v for k, v in given.items() if v is not None})
     problems = validate(P)

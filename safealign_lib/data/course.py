@@ -849,6 +849,8 @@ def load_split(name: str, data_dir: str | os.PathLike | None = None) -> list[Cha
 
 def subsample(examples: Iterable[ChatExample], n: int | None, seed: int = 0) -> list[ChatExample]:
     """A seeded random subset of ``n`` examples (all of them when n is None or too large)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"n must be a non-negative number of examples or None, got {n!r}.")
     exs = list(examples)
     if n is None or n >= len(exs):
         return exs

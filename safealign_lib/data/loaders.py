@@ -50,18 +50,51 @@ def _require_columns(have: Iterable[str], need: Iterable[str], path: Path, fmt: 
         )
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text ({err}); re-save it with UTF-8 encoding."
+        ) from err
+
+
+def _check_records(
+    rows: list, need: Iterable[str], path: Path, fmt: str, may_be_empty: Iterable[str] = ()
+) -> list[dict]:
+    """Every record is an object whose fields ``need`` hold non-empty strings (``may_be_empty``:
+    present, possibly empty); errors name the file, the record (1-based) and the field."""
+    need, may_be_empty = list(need), set(may_be_empty)
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r, dict):
+            raise ValueError(
+                f"{path}: record {i} is a {type(r).__name__}, not an object with fields "
+                f"{need} ({fmt} format)."
+            )
+        for field in need:
+            value = r.get(field)
+            if field == "is_safe" and value is not None:
+                continue
+            if field in may_be_empty and isinstance(value, str):
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(
+                    f"{path}: record {i} has no text in field {field!r} ({fmt} format needs "
+                    f"{need}); fix or remove that record."
+                )
+    return rows
+
+
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(_read_text(path).splitlines()))
 
 
 def load_advbench(path: str | os.PathLike) -> list[ChatExample]:
     """AdvBench ``harmful_behaviors.csv`` (columns ``goal,target``): harmful requests."""
     p = _require_file(path, "AdvBench")
-    with open(p, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        _require_columns(reader.fieldnames or [], ("goal", "target"), p, "AdvBench (goal,target)")
-        rows = list(reader)
+    reader = csv.DictReader(_read_text(p).splitlines())
+    _require_columns(reader.fieldnames or [], ("goal", "target"), p, "AdvBench (goal,target)")
+    rows = _check_records(list(reader), ("goal", "target"), p, "AdvBench (goal,target)")
     if not rows:
         raise ValueError(f"{p} has a header but no rows.")
     return [
@@ -87,19 +120,10 @@ def load_hex_phi(
         if not 1 <= k <= 11:
             raise ValueError(f"HEx-PHI has categories 1–11, not {k}.")
         p = _require_file(root / f"category_{k}.csv", f"HEx-PHI category {k}")
-        with open(p, newline="", encoding="utf-8") as f:
-            for row in csv.reader(f):
-                if row and row[0].strip():
-                    out.append(
-                        ChatExample(
-                            user=row[0].strip(),
-                            meta={
-                                "harmful": True,
-                                "source": "hex-phi",
-                                "category": HEX_PHI_CATEGORIES[k - 1],
-                            },
-                        )
-                    )
+        meta = {"harmful": True, "source": "hex-phi", "category": HEX_PHI_CATEGORIES[k - 1]}
+        for row in csv.reader(_read_text(p).splitlines()):  # one prompt per line
+            if row and row[0].strip():
+                out.append(ChatExample(user=row[0].strip(), meta=dict(meta)))
     if not out:
         raise ValueError(f"No prompts found in {root}.")
     return out
@@ -110,17 +134,15 @@ def load_alpaca(path: str | os.PathLike, limit: int | None = None) -> list[ChatE
     instruction when present."""
     p = _require_file(path, "Alpaca")
     try:
-        records = json.loads(p.read_text(encoding="utf-8"))
+        records = json.loads(_read_text(p))
     except json.JSONDecodeError as err:
         raise ValueError(f"{p} is not valid JSON ({err}); Alpaca is one JSON list.") from err
     if not isinstance(records, list) or not records:
         raise ValueError(f"{p}: expected a non-empty JSON list of records.")
-    _require_columns(
-        records[0].keys(),
-        ("instruction", "input", "output"),
-        p,
-        "Alpaca (instruction,input,output)",
-    )
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of records or None, got {limit}.")
+    fmt = "Alpaca (instruction,input,output)"
+    _check_records(records[:limit], ("instruction", "input", "output"), p, fmt, ("input",))
     out = []
     for r in records[:limit]:
         user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
@@ -132,16 +154,47 @@ def load_alpaca(path: str | os.PathLike, limit: int | None = None) -> list[ChatE
     return out
 
 
-def _read_records(p: Path) -> list[dict]:
-    text = p.read_text(encoding="utf-8")
+def _read_records(p: Path) -> list:
     if p.suffix == ".csv":
         return _read_csv(p)
+    text = _read_text(p)
     if p.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    records = json.loads(text)
+        out = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(
+                        f"{p}: line {i} is not valid JSON ({err}); JSON lines hold one object "
+                        "per line."
+                    ) from err
+        return out
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{p} is not valid JSON ({err}); use a JSON list, or .jsonl / .csv."
+        ) from err
     if not isinstance(records, list):
         raise ValueError(f"{p}: expected a JSON list of records.")
     return records
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "safe"), ("false", "0", "no", "unsafe")
+
+
+def _as_bool(value: object, path: Path, i: int, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(
+        f"{path}: record {i} has {field}={value!r}; expected true/false (or 1/0, yes/no)."
+    )
 
 
 def load_beavertails(path: str | os.PathLike) -> list[ChatExample]:
@@ -151,16 +204,11 @@ def load_beavertails(path: str | os.PathLike) -> list[ChatExample]:
     rows = _read_records(p)
     if not rows:
         raise ValueError(f"{p} has no records.")
-    _require_columns(
-        rows[0].keys(),
-        ("prompt", "response", "is_safe"),
-        p,
-        "BeaverTails (prompt,response,is_safe)",
-    )
+    fmt = "BeaverTails (prompt,response,is_safe)"
+    _check_records(rows, ("prompt", "response", "is_safe"), p, fmt)
     out = []
-    for r in rows:
-        safe = r["is_safe"]
-        safe = safe if isinstance(safe, bool) else str(safe).strip().lower() in ("true", "1")
+    for i, r in enumerate(rows, 1):
+        safe = _as_bool(r["is_safe"], p, i, "is_safe")
         out.append(
             ChatExample(
                 user=r["prompt"],
@@ -179,7 +227,7 @@ def load_dialogsum(
     rows = _read_records(p)
     if not rows:
         raise ValueError(f"{p} has no records.")
-    _require_columns(rows[0].keys(), ("dialogue", "summary"), p, "DialogSum (dialogue,summary)")
+    _check_records(rows, ("dialogue", "summary"), p, "DialogSum (dialogue,summary)")
     return [
         ChatExample(
             user=f"{instruction}\n{r['dialogue']}",

@@ -1,0 +1,287 @@
+"""Bad input never passes silently: each row is a mistake a careful new user makes, with the
+error type and a phrase of the message that names the problem or the fix."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from safealign_lib import data, evaluation, models
+from safealign_lib.adapters import finetune, lora_io
+from safealign_lib.config import LoraSettings
+from safealign_lib.course import cli, metrics_io, runner, setup
+from safealign_lib.data import loaders
+from safealign_lib.evaluation.judges import CallableJudge, ExactJudge, KeywordJudge, Verdict
+
+
+def _write(path, text, encoding="utf-8"):
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def _saved_model(tiny_lm, folder):
+    model, tok = tiny_lm
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+# (id, function of (tmp_path, tiny_lm), expected error, phrase in the message)
+CASES = [
+    ("empty keyword", lambda t, lm: KeywordJudge([""]), ValueError, "match every response"),
+    ("empty keyword list", lambda t, lm: KeywordJudge([]), ValueError, "empty"),
+    (
+        "judge: fewer responses",
+        lambda t, lm: KeywordJudge("gcg")(["a", "b"], ["x"]),
+        ValueError,
+        "2 prompts but 1 responses",
+    ),
+    ("judge: one string", lambda t, lm: KeywordJudge("gcg")("a", "x"), TypeError, "not one string"),
+    (
+        "callable judge: fewer responses",
+        lambda t, lm: CallableJudge(lambda p, r: [True])(["a", "b"], ["x"]),
+        ValueError,
+        "responses",
+    ),
+    (
+        "exact judge: mismatched",
+        lambda t, lm: ExactJudge().verdicts(["a"], []),
+        ValueError,
+        "1 prompts but 0",
+    ),
+    (
+        "refusal eval of no prompts",
+        lambda t, lm: evaluation.first_token_refusal_prob(lm[0], lm[1], []),
+        ValueError,
+        "no prompts",
+    ),
+    (
+        "refusal eval of one string",
+        lambda t, lm: evaluation.refusal_eval(lm[0], lm[1], "How do I bake?"),
+        TypeError,
+        "list of prompts",
+    ),
+    ("subsample n=-1", lambda t, lm: data.subsample([], -1), ValueError, "non-negative"),
+    (
+        "missing split",
+        lambda t, lm: data.load_split("no_such_split"),
+        FileNotFoundError,
+        "safealign data build",
+    ),
+    (
+        "AdvBench row without target",
+        lambda t, lm: loaders.load_advbench(_write(t / "a.csv", "goal,target\nDo x,\n")),
+        ValueError,
+        "record 1 has no text in field 'target'",
+    ),
+    (
+        "AdvBench not UTF-8",
+        lambda t, lm: loaders.load_advbench(
+            _write(t / "a.csv", "goal,target\ncaf\xe9,x\n", "latin-1")
+        ),
+        ValueError,
+        "not UTF-8",
+    ),
+    (
+        "Alpaca later record without instruction",
+        lambda t, lm: loaders.load_alpaca(
+            _write(
+                t / "a.json",
+                json.dumps(
+                    [{"instruction": "a", "input": "", "output": "b"}, {"input": "", "output": "c"}]
+                ),
+            )
+        ),
+        ValueError,
+        "record 2 has no text in field 'instruction'",
+    ),
+    (
+        "Alpaca list of strings",
+        lambda t, lm: loaders.load_alpaca(_write(t / "a.json", json.dumps(["a", "b"]))),
+        ValueError,
+        "record 1 is a str",
+    ),
+    (
+        "bad JSONL line",
+        lambda t, lm: loaders.load_dialogsum(
+            _write(t / "d.jsonl", '{"dialogue": "a", "summary": "b"}\n{oops\n')
+        ),
+        ValueError,
+        "line 2 is not valid JSON",
+    ),
+    (
+        "BeaverTails unknown is_safe",
+        lambda t, lm: loaders.load_beavertails(
+            _write(t / "b.json", json.dumps([{"prompt": "p", "response": "r", "is_safe": "maybe"}]))
+        ),
+        ValueError,
+        "is_safe='maybe'",
+    ),
+    (
+        "mistyped local path with one slash",
+        lambda t, lm: models.load_model("organism/chat"),
+        FileNotFoundError,
+        "hub downloads are off",
+    ),
+    (
+        "folder without tokenizer files",
+        lambda t, lm: (lm[0].save_pretrained(t / "m"), models.load_tokenizer(t / "m")),
+        FileNotFoundError,
+        "No tokenizer files",
+    ),
+    (
+        "empty model.safetensors",
+        lambda t, lm: (
+            _saved_model(lm, t / "m"),
+            _write(t / "m" / "model.safetensors", ""),
+            models.load_model(t / "m"),
+        ),
+        ValueError,
+        "model.safetensors is not a readable",
+    ),
+    (
+        "corrupt config.json",
+        lambda t, lm: (
+            _saved_model(lm, t / "m"),
+            _write(t / "m" / "config.json", "{"),
+            models.load_model(t / "m"),
+        ),
+        ValueError,
+        "config.json is not valid JSON",
+    ),
+    (
+        "pickled adapter only",
+        lambda t, lm: (
+            _write((t / "ad").mkdir() or t / "ad" / "adapter_config.json", "{}"),
+            torch.save({}, t / "ad" / "adapter_model.bin"),
+            finetune.load_adapter(lm[0], t / "ad"),
+        ),
+        FileNotFoundError,
+        "never loads",
+    ),
+    (
+        "corrupt adapter_config.json",
+        lambda t, lm: (
+            _write((t / "ad").mkdir() or t / "ad" / "adapter_config.json", "{x"),
+            save_file({"w": torch.zeros(1)}, str(t / "ad" / "adapter_model.safetensors")),
+            lora_io.read_adapter(t / "ad"),
+        ),
+        ValueError,
+        "adapter_config.json is not valid",
+    ),
+    (
+        "adapter written over its input",
+        lambda t, lm: lora_io.check_new_output(t / "ad" / ".." / "ad", t / "ad"),
+        ValueError,
+        "replace the trained adapter",
+    ),
+    (
+        "metrics file that is a list",
+        lambda t, lm: metrics_io.load(_write(t / "m.json", "[1, 2]")),
+        ValueError,
+        "not the metrics",
+    ),
+    (
+        "metrics file missing",
+        lambda t, lm: metrics_io.load(t / "typo.json", must_exist=True),
+        FileNotFoundError,
+        "No metrics file",
+    ),
+    (
+        "metrics into notebooks/",
+        lambda t, lm: metrics_io.record(
+            "00", {"wall_s": 1}, runner.NOTEBOOK_DIR / "m.json", strict=False
+        ),
+        ValueError,
+        "notebooks/ folder",
+    ),
+    (
+        "runner output into notebooks/",
+        lambda t, lm: runner.run_notebook(runner.list_notebooks()[0], {}, runner.NOTEBOOK_DIR),
+        ValueError,
+        "notebooks/ folder",
+    ),
+    ("--only abc", lambda t, lm: runner.list_notebooks(["abc"]), ValueError, "digits"),
+    (
+        "unknown notebook parameter",
+        lambda t, lm: setup.check_injected_parameters(
+            ["", "seeds = None\n", "# Parameters\nsedes = [1]\n"]
+        ),
+        ValueError,
+        "Unknown notebook parameter(s) ['sedes']",
+    ),
+    (
+        "empty list parameter",
+        lambda t, lm: setup.check_injected_parameters(
+            ["", "k_grid = None\n", "# Parameters\nk_grid = []\n"]
+        ),
+        ValueError,
+        "['k_grid'] are empty",
+    ),
+    (
+        "empty seeds",
+        lambda t, lm: setup.notebook_setup("smoke", seeds=[], quiet=True),
+        ValueError,
+        "seeds is empty",
+    ),
+    (
+        "unknown profile",
+        lambda t, lm: setup.notebook_setup("cpuu", quiet=True),
+        ValueError,
+        "Unknown profile",
+    ),
+    ("LoRA rank 0", lambda t, lm: LoraSettings(r=0).to_peft(), ValueError, "rank r must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("fn, error, phrase", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gets_a_clear_error(fn, error, phrase, tmp_path, tiny_lm):
+    with pytest.raises(error) as info:
+        fn(tmp_path, tiny_lm)
+    assert phrase in str(info.value)
+
+
+def test_corrupt_weights_are_refused_at_load_with_the_tensor_name(tiny_lm, tmp_path):
+    model, tok = tiny_lm
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    _saved_model((model, tok), tmp_path)
+    with pytest.raises(ValueError, match="model.layers.0.mlp.up_proj.weight"):
+        models.load_model(tmp_path)
+
+
+def test_empty_answers_are_counted_apart():
+    j = ExactJudge()
+    assert j.verdict("  \n") is Verdict.EMPTY
+    assert j.verdict("Sure, here is how to x: Step 1: [redacted].") is Verdict.COMPLIED
+    assert j.verdict("I'm sorry, but I can't help with that.") is Verdict.REFUSED
+    assert j.verdict("Sure, here is how to x: blah") is Verdict.OTHER
+    assert j.opens_as_compliance("Sure, here is how to x: blah")
+
+
+@pytest.mark.parametrize(
+    "argv, phrase",
+    [
+        (["metrics", "--file", "/nonexistent/metrics.json"], "No metrics file"),
+        (["course", "--only", "abc"], "digits"),
+    ],
+)
+def test_cli_errors_are_one_clear_line(argv, phrase, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "Traceback" not in err
+
+
+def test_rebuilds_never_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "splits"
+    assert cli.main(["data", "build", "--out", str(out)]) == 0
+    (out / "harmful_heldout.jsonl").write_text("edited\n")
+    with pytest.raises(SystemExit, match="--force"):
+        cli.main(["data", "build", "--out", str(out)])
+    assert (out / "harmful_heldout.jsonl").read_text() == "edited\n"
+    # the shipped folders are the default targets, so the bare command refuses too
+    with pytest.raises(SystemExit, match="shipped"):
+        cli.main(["data", "build"])
+    with pytest.raises(SystemExit, match="shipped"):
+        cli.main(["organism", "build"])
