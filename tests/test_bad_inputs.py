@@ -285,3 +285,45 @@ def test_rebuilds_never_overwrite_without_force(tmp_path, capsys):
         cli.main(["data", "build"])
     with pytest.raises(SystemExit, match="shipped"):
         cli.main(["organism", "build"])
+
+
+def test_plain_papermill_run_with_a_misspelt_parameter_fails(tmp_path):
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "py"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            'profile = "smoke"\nseeds = None', metadata={"tags": ["parameters"]}
+        ),
+        nbformat.v4.new_code_cell(
+            "from safealign_lib.course.setup import notebook_setup\n"
+            "P, timer = notebook_setup(profile, seeds=seeds, quiet=True)"
+        ),
+    ]
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    pm.execute_notebook(
+        str(src),
+        str(tmp_path / "ok.ipynb"),
+        parameters={"seeds": [0]},
+        progress_bar=False,
+        kernel_name="python3",
+    )
+    with pytest.raises(pm.PapermillExecutionError, match="Unknown notebook parameter"):
+        pm.execute_notebook(
+            str(src),
+            str(tmp_path / "bad.ipynb"),
+            parameters={"sedes": [0]},
+            progress_bar=False,
+            kernel_name="python3",
+        )
+    with pytest.raises(pm.PapermillExecutionError, match="empty"):
+        pm.execute_notebook(
+            str(src),
+            str(tmp_path / "bad.ipynb"),
+            parameters={"seeds": []},
+            progress_bar=False,
+            kernel_name="python3",
+        )

@@ -42,7 +42,14 @@ class Profile:
                 f"fields are {sorted(self.__dataclass_fields__)}."
             )
         if "seeds" in kw:
-            kw["seeds"] = tuple(int(s) for s in kw["seeds"])
+            seeds = kw["seeds"]
+            if isinstance(seeds, str | bytes) or not hasattr(seeds, "__iter__"):
+                raise TypeError(
+                    f"seeds must be a list of integers such as [0, 1, 2], got {seeds!r}."
+                )
+            if any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
+                raise TypeError(f"seeds must be integers, got {list(seeds)!r}.")
+            kw["seeds"] = tuple(seeds)
         return replace(self, **kw)
 
 

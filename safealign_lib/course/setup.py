@@ -62,9 +62,13 @@ def check_injected_parameters(history: Sequence[str]) -> None:
     would silently fall back to the profile's values). Outside papermill this does nothing.
     """
     for i, src in enumerate(history):
-        if i == 0 or not src.lstrip().startswith("# Parameters"):
+        lines = src.strip().splitlines()
+        # papermill's cell: first line exactly "# Parameters", right after the declared cell
+        if i < 2 or not lines or lines[0].strip() != "# Parameters":
             continue
         declared, injected = _assigned(history[i - 1]), _assigned(src)
+        if not declared:
+            continue
         unknown = sorted(set(injected) - set(declared))
         if unknown:
             raise ValueError(
