@@ -54,7 +54,7 @@ CASES = [
         "refusal eval of no prompts",
         lambda t, lm: evaluation.first_token_refusal_prob(lm[0], lm[1], []),
         ValueError,
-        "no prompts",
+        "No prompts",
     ),
     (
         "refusal eval of one string",

@@ -30,22 +30,42 @@ def test_paths_prefer_argument_then_environment_then_checkout(monkeypatch, tmp_p
     assert config.build_dir("out") == Path("out")
 
 
-PURE = ["safealign_lib.config", "safealign_lib.course.metrics_io", "safealign_lib.course.contract",
-        "safealign_lib.course.profiles", "safealign_lib.course.setup"]
+PURE = [
+    "safealign_lib.config",
+    "safealign_lib.course.metrics_io",
+    "safealign_lib.course.contract",
+    "safealign_lib.course.profiles",
+    "safealign_lib.course.setup",
+]
 
 
 @pytest.mark.parametrize("module", PURE)
 def test_pure_modules_import_neither_torch_nor_peft(module):
-    code = (f"import sys, {module}; "
-            "print(','.join(m for m in ('torch', 'peft', 'transformers') if m in sys.modules))")
+    code = (
+        f"import sys, {module}; "
+        "print(','.join(m for m in ('torch', 'peft', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"
 
 
 def test_methods_do_not_depend_on_the_course_plumbing():
-    code = ("import sys, safealign_lib.methods.salora, safealign_lib.methods.safelora, "
-            "safealign_lib.methods.splora, safealign_lib.methods.diem, safealign_lib.interp.probes; "
-            "print(','.join(m for m in sys.modules if m.startswith('safealign_lib.course')))")
+    mods = [
+        "methods.salora",
+        "methods.safelora",
+        "methods.splora",
+        "methods.diem",
+        "methods.repair",
+        "interp.probes",
+        "interp.transfer",
+        "evaluation",
+        "adapters.finetune",
+    ]
+    code = (
+        "import sys\n"
+        + "".join(f"import safealign_lib.{m}\n" for m in mods)
+        + "print(','.join(m for m in sys.modules if m.startswith('safealign_lib.course')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
@@ -53,26 +73,49 @@ def test_methods_do_not_depend_on_the_course_plumbing():
 @pytest.mark.slow
 def test_non_editable_install_finds_the_organism_through_the_data_path(tmp_path):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--target", str(site), str(REPO)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEALIGN_")}
     env["PYTHONPATH"] = str(site)
-    code = ("import safealign_lib, json\n"
-            "from safealign_lib import data, models\n"
-            "from safealign_lib.course import profiles\n"
-            "P = profiles.get_profile('cpu')\n"
-            "m = models.load_model(P.chat_model)\n"
-            "print(json.dumps({'file': safealign_lib.__file__, 'chat': P.chat_model,\n"
-            "    'problems': profiles.validate(P), 'n': len(data.load_split('harmful_heldout')),\n"
-            "    'layers': m.config.num_hidden_layers}))")
+    code = (
+        "import safealign_lib, json\n"
+        "from safealign_lib import data, models\n"
+        "from safealign_lib.course import profiles\n"
+        "P = profiles.get_profile('cpu')\n"
+        "m = models.load_model(P.chat_model)\n"
+        "print(json.dumps({'file': safealign_lib.__file__, 'chat': P.chat_model,\n"
+        "    'problems': profiles.validate(P), 'n': len(data.load_split('harmful_heldout')),\n"
+        "    'layers': m.config.num_hidden_layers}))"
+    )
     # without a data path, the installed copy says what to set
-    bare = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+    bare = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert bare.returncode != 0 and "SAFEALIGN_DATA" in bare.stderr
     env["SAFEALIGN_DATA"] = str(REPO / "data")
-    ok = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, check=True)
+    ok = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import json
 
     info = json.loads(ok.stdout.strip().splitlines()[-1])

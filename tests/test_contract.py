@@ -20,8 +20,12 @@ def test_every_notebook_has_a_contract_and_every_contract_a_notebook():
 def test_no_required_key_disappears_without_a_changelog_entry():
     committed = json.loads(KEYS_FILE.read_text())
     logged = {(e["notebook"], e["key"]) for e in contract.KEY_CHANGELOG}
-    gone = [(n, k) for n, keys in committed.items() for k in keys
-            if k not in contract.REQUIRED.get(n, ()) and (n, k) not in logged]
+    gone = [
+        (n, k)
+        for n, keys in committed.items()
+        for k in keys
+        if k not in contract.REQUIRED.get(n, ()) and (n, k) not in logged
+    ]
     assert not gone, f"required metric keys removed without a KEY_CHANGELOG entry: {gone}"
     for e in contract.KEY_CHANGELOG:
         assert {"notebook", "key", "change", "why"} <= set(e)
@@ -29,8 +33,11 @@ def test_no_required_key_disappears_without_a_changelog_entry():
 
 def test_checks_fail_on_wrong_numbers_and_on_missing_keys():
     c = contract.CONTRACTS["00"]
-    good = {"chat_refusal_rate_harmful_heldout": 1.0, "base_refusal_rate_harmful_heldout": 0.05,
-            "chat_answer_rate_benign_unseen_tasks": 0.95}
+    good = {
+        "chat_refusal_rate_harmful_heldout": 1.0,
+        "base_refusal_rate_harmful_heldout": 0.05,
+        "chat_answer_rate_benign_unseen_tasks": 0.95,
+    }
     assert c.failed_checks(good, {}) == []
     bad = {**good, "base_refusal_rate_harmful_heldout": 0.9}
     assert c.failed_checks(bad, {}) == ["base complies"]

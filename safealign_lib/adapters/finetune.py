@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib.adapters.lora_io import check_adapter_dir
 from safealign_lib.config import LoraSettings, TrainSettings
-from safealign_lib.models.chat import ChatExample, collate, tokenize_example
+from safealign_lib.models.chat import ChatExample, collate, padding_id, tokenize_example
 
 
 @dataclass
@@ -93,9 +93,7 @@ def train(
         raise ValueError("The model has no trainable parameters; add adapters first (add_lora).")
     seed_everything(settings.seed)
     feats = [tokenize_example(tokenizer, ex, settings.max_length) for ex in examples]
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = padding_id(tokenizer)
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     rng = np.random.default_rng(settings.seed)

@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib.evaluation.judges import Judge, get_judge, is_empty
-from safealign_lib.models.chat import ChatExample, encode_prompts, format_prompt
+from safealign_lib.models.chat import ChatExample, check_prompts, encode_prompts, format_prompt
 from safealign_lib.models.generation import generate
 
 # How refusals start, across the organism and real chat models. Their first tokens (in the
@@ -107,14 +107,6 @@ def first_token_refusal_prob(
         logits = model(**enc).logits[:, -1, :].float()
         out.append(logits.softmax(-1)[:, ids.to(device)].sum(-1).cpu())
     return torch.cat(out).numpy()
-
-
-def check_prompts(prompts: Sequence[ChatExample | str], what: str) -> None:
-    """Raise for a single string (it would be read as one prompt per character) or no prompts."""
-    if isinstance(prompts, str | ChatExample):
-        raise TypeError(f"{what}: pass a list of prompts, not a single {type(prompts).__name__}.")
-    if len(prompts) == 0:
-        raise ValueError(f"{what}: no prompts given; pass at least one prompt.")
 
 
 def _lcs(a: Sequence[str], b: Sequence[str]) -> int:

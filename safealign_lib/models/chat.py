@@ -39,6 +39,26 @@ class ChatExample:
         return msgs
 
 
+def check_prompts(prompts: Sequence[ChatExample | str], what: str) -> None:
+    """Raise for a single string (it would be read as one prompt per character) or no prompts."""
+    if isinstance(prompts, str | ChatExample):
+        raise TypeError(f"{what}: pass a list of prompts, not a single {type(prompts).__name__}.")
+    if len(prompts) == 0:
+        raise ValueError(f"No prompts given to {what}; pass at least one prompt.")
+
+
+def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id to pad batches with: the pad token, else end-of-sequence (many causal LMs have no
+    pad token)."""
+    pid = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pid is None:
+        raise ValueError(
+            f"{type(tokenizer).__name__} has neither a pad nor an end-of-sequence token; load it "
+            "with safealign_lib.models.load_tokenizer, which sets one."
+        )
+    return pid
+
+
 def _as_example(x: ChatExample | str) -> ChatExample:
     return x if isinstance(x, ChatExample) else ChatExample(user=str(x))
 

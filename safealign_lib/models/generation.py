@@ -1,4 +1,5 @@
-"""Batched greedy generation (left padding), optionally with per-answer token entropy."""
+"""Batched greedy generation (left padding), optionally with per-answer token entropy;
+:func:`chat` for trying a model by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from safealign_lib.models.chat import ChatExample, encode_prompts
+from safealign_lib.models.chat import ChatExample, check_prompts, encode_prompts, padding_id
 
 
 @dataclass
@@ -37,8 +38,7 @@ def generate(
     With ``with_entropy`` the mean entropy of the next-token distribution over each answer's
     tokens (up to and including end-of-turn) is returned as an uncertainty score.
     """
-    if len(prompts) == 0:
-        raise ValueError("No prompts to generate from.")
+    check_prompts(prompts, "generate")
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be >= 1.")
     device = next(model.parameters()).device
@@ -47,7 +47,7 @@ def generate(
     texts: list[str] = []
     ents: list[float] = []
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = padding_id(tokenizer)
     batches = range(0, len(prompts), batch_size)
     for i in tqdm(batches, desc=desc, disable=not progress, leave=False):
         enc = encode_prompts(tokenizer, prompts[i : i + batch_size], device)
@@ -72,3 +72,14 @@ def generate(
     if was_training:
         model.train()
     return Generations(texts, ents if with_entropy else None)
+
+
+def chat(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[ChatExample | str],
+    max_new_tokens: int = 40,
+) -> list[str]:
+    """The model's greedy replies to ``prompts`` (plain strings are user turns), without a
+    progress bar: for trying a model by hand."""
+    return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=False).texts
