@@ -34,11 +34,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from safealign_lib import config, data, evaluation, models
-from safealign_lib.adapters import finetune
+from safealign_lib import config, data, models
 from safealign_lib.config import LoraSettings
 from safealign_lib.course import conditions, profiles
-from safealign_lib.methods import safelora, splora
+from safealign_lib.evaluation import Evaluator
+from safealign_lib.methods import repair
 from safealign_lib.models.chat import ChatExample
 
 
@@ -109,60 +109,30 @@ def main() -> None:
         c: conditions.harmful_eval_prompts(c, P, "harmful_heldout_val")
         for c in ("harmful10", "harmful100")
     }
+    ev = Evaluator.from_profile(P, tok)
     if a.task == "restyle":
-        task = [restyled(e) for e in data.load_split("benign_heldout_val")[: P.n_task_eval]]
-        chat_row = evaluation.safety_report(
-            models.load_model(P.chat_model),
-            tok,
-            harm["harmful10"],
-            task,
-            P.judge,
-            P.max_new_tokens,
-            P.eval_batch_size,
-        )[0]
+        ev = ev.with_task(
+            [restyled(e) for e in data.load_split("benign_heldout_val")[: P.n_task_eval]]
+        )
+        chat_row = ev(models.load_model(P.chat_model), harm["harmful10"]).summary
         print(
             f"chat model on the restyle task: utility {chat_row['utility']:.3f}, "
             f"refusal {chat_row['refusal_rate']:.3f}"
         )
     else:
-        task = data.load_split("task_val")[: P.n_task_eval]
-    rows, oracle = [], []
-    t0 = time.perf_counter()
+        ev = ev.with_task(data.load_split("task_val")[: P.n_task_eval])
+    judge = repair.ConditionEvaluator(ev, harm)
+    adapters = {}
     for c, s in itertools.product(harm, a.seeds):
         exs = restyle_set(c, s, P) if a.task == "restyle" else None
         path, _ = conditions.get_adapter(c, s, P, tok, root=a.out / tag / a.task, examples=exs)
-        proj = safelora.compute_projections(
-            safelora.load_lora_factors(path), P.base_model, P.chat_model, null_samples=64, seed=s
-        )
-        sc = splora.splora_scores(proj, null="rotation")
-        model = finetune.load_adapter(models.load_model(P.chat_model), path)
-        switch = splora.AdapterSwitch(model, proj)
-
-        def judge(model=model, c=c) -> dict:
-            return evaluation.safety_report(
-                model, tok, harm[c], task, P.judge, P.max_new_tokens, P.eval_batch_size
-            )[0]
-
-        switch.apply()
-        lora_row = judge()
-        rows.append({"condition": c, "seed": s, "method": "LoRA", "k": 0, **lora_row})
-        for k in a.k:
-            for method, names in (
-                ("SPLoRA", splora.splora_select(sc, k=k)),
-                ("Safe LoRA", safelora.select_layers(sc["cosine"], k=k, side="low")),
-            ):
-                switch.apply(method, names)
-                rows.append({"condition": c, "seed": s, "method": method, "k": k, **judge()})
-        gains = {}
-        for name in sc.index:
-            switch.apply("SPLoRA", [name])
-            gains[name] = (
-                float(evaluation.first_token_refusal_prob(model, tok, harm[c]).mean())
-                - lora_row["first_token_refusal_prob"]
-            )
-        switch.apply()
-        g = pd.Series(gains)
-        top = g.idxmax()
+        adapters[(c, s)] = repair.RepairAdapter.from_profile(path, P, null_samples=64, seed=s)
+    t0 = time.perf_counter()
+    df = repair.sweep(adapters, judge, ("SPLoRA", "Safe LoRA"), a.k)
+    oracle = []
+    for (c, s), ad in adapters.items():
+        g = repair.ablation_oracle(ad, ev.first_token, harm[c]).safety_effect
+        sc, top = ad.scores, g.idxmax()
         oracle.append(
             {
                 "condition": c,
@@ -177,7 +147,6 @@ def main() -> None:
         )
         print(f"{c} seed {s} done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    df = pd.DataFrame(rows)
     cols = ["refusal_rate", "first_token_refusal_prob", "utility"]
     print("\nValidation, mean over seeds:")
     print(df.groupby(["condition", "method", "k"])[cols].mean().round(3).to_string())

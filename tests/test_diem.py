@@ -14,6 +14,9 @@ from safealign_lib.methods.diem import (
     diem_reference_values,
     ediem_empirical,
     ediem_released,
+    landmark_table,
+    null_comparison,
+    random_pair_geometry,
     robust_centre_spread,
 )
 
@@ -101,6 +104,30 @@ def test_diem_of_random_pairs_is_centred_in_every_dimension_while_distances_grow
             2000
         )
     assert dists[1] > 7 * dists[0]
+
+
+def test_random_pair_geometry_draws_dimension_after_dimension_from_one_generator():
+    hd = random_pair_geometry([2, 512], n_pairs=200, seed=3)
+    rng = np.random.default_rng(3)
+    for n in (2, 512):  # the same draws, in the same order, as a loop over the dimensions
+        a = rng.random((200, n), dtype=np.float32)
+        b = rng.random((200, n), dtype=np.float32)
+    assert hd.loc[512, "dist_mean"] == np.linalg.norm(a - b, axis=1).mean()
+    assert list(hd.index) == [2, 512]
+    assert hd.loc[512, "cos_mean"] == pytest.approx(0.75, abs=0.01)  # cosine concentrates
+    assert abs(hd.loc[512, "cos_centred_mean"]) < 0.02
+    assert hd.loc[512, "cos_sd"] < hd.loc[2, "cos_sd"] / 5
+    assert hd.loc[512, "contrast"] < hd.loc[2, "contrast"]  # everything equally far
+
+
+def test_null_comparison_and_landmark_table():
+    nulls, table = null_comparison([4, 64], n_pairs=2000, seed=0)
+    assert table.loc[64, "E[d] Monte Carlo"] == nulls[64].center
+    assert table.loc[64, "E[d] = sqrt(n/6)"] == pytest.approx(math.sqrt(64 / 6))
+    assert (table["Var(d) = 7/120"] == 7 / 120).all() and table.index.name == "n"
+    marks = landmark_table(nulls, [4, 64])
+    assert marks.loc[64, "min"] == diem_reference_values(nulls[64])["min"]
+    assert list(marks.index) == [4, 64] and marks.index.name == "n"
 
 
 def test_diem_rejects_bad_input():

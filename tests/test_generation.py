@@ -1,7 +1,7 @@
 import pytest
 
 from safealign_lib.models.chat import ChatExample
-from safealign_lib.models.generation import generate
+from safealign_lib.models.generation import chat, generate
 
 
 def test_batched_equals_unbatched_and_entropy(tiny_lm):
@@ -29,3 +29,10 @@ def test_generate_errors(tiny_lm):
             generate(model, tok, ["hi"], progress=False)
     finally:
         tok.padding_side = "left"
+
+
+def test_chat_replies_to_plain_strings(tiny_lm):
+    model, tok = tiny_lm
+    prompts = ["How do I bake bread?", "Hi"]
+    want = generate(model, tok, [ChatExample(p) for p in prompts], max_new_tokens=5, progress=False)
+    assert chat(model, tok, prompts, max_new_tokens=5) == want.texts

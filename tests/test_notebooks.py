@@ -19,6 +19,12 @@ def test_notebook_shape(path):
     assert nbtools.shape_problems(path) == []
 
 
+def test_notebooks_stay_thin():
+    # prose, parameters, calls and one-off plots: the logic lives in safealign_lib
+    total = sum(nbtools.code_lines(p) for p in NOTEBOOKS)
+    assert total <= 650, f"{total} code lines in the notebooks (budget 650)"
+
+
 def test_shape_check_catches_problems(tmp_path):
     nb = json.loads(NOTEBOOKS[0].read_text())
     nb["cells"][2]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x"}]
@@ -28,6 +34,9 @@ def test_shape_check_catches_problems(tmp_path):
     p.write_text(json.dumps(nb))
     probs = nbtools.shape_problems(p)
     assert any("outputs" in x for x in probs) and any("parameters" in x for x in probs)
+    nb["cells"][2]["source"] = ["def helper(x):\n", "    return x\n"]
+    p.write_text(json.dumps(nb))
+    assert any("defines a function" in x for x in nbtools.shape_problems(p))
 
 
 @pytest.fixture(scope="module")

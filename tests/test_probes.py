@@ -128,3 +128,17 @@ def test_cross_validation_uses_the_training_part_only():
     rest = np.setdiff1d(np.arange(len(acts.labels)), few)
     with pytest.raises(ValueError, match="folds need"):
         probe_accuracy(acts, split=(few, rest), cv=4)
+
+
+def test_score_by_group_scores_each_group_separately():
+    acts = _synthetic()
+    probes = fit_probes(acts, idx=np.arange(40))
+    test = np.arange(40, 80)
+    groups = np.where(test < 60, "first", "second")
+    table = probes.score_by_group(acts, test, groups)
+    assert table.columns.tolist() == ["first", "second"]
+    assert table.index.names == ["site", "layer"]
+    want = probes.score(acts, test[20:]).set_index(["site", "layer"]).accuracy
+    pd.testing.assert_series_equal(table["second"], want, check_names=False)
+    with pytest.raises(ValueError, match="group names"):
+        probes.score_by_group(acts, test, groups[:5])

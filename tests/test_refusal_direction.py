@@ -15,8 +15,13 @@ from safealign_lib.interp.refusal_direction import (
     ablate_direction,
     add_direction,
     affine_ablate_direction,
+    choose_alpha,
+    compare_ablations,
     cosine_matrix,
     direction_cosines,
+    example_responses,
+    intervention_runs,
+    intervention_table,
     orthogonalize_weights,
     refusal_directions,
     select_direction,
@@ -240,21 +245,24 @@ def test_generation_under_ablation_matches_edited_weights(tiny_lm):
     assert _hook_count(model) == 0
 
 
-def test_select_direction_with_first_token_refusal_prob(tiny_lm):
+def _select(model, tok, **kw):
+    """select_direction on the six test prompts, scored by the first-token refusal prob."""
     from safealign_lib.evaluation.metrics import first_token_refusal_prob
 
-    model, tok = tiny_lm
-    acts = capture_activations(
-        model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3, sites=["resid"], progress=False
-    )
-    choice = select_direction(
+    return select_direction(
         model,
-        refusal_directions(acts),
+        refusal_directions(_labelled(model, tok)),
         HARMFUL,
         HARMLESS,
         lambda m, p: first_token_refusal_prob(m, tok, p),
         progress=False,
+        **kw,
     )
+
+
+def test_select_direction_with_first_token_refusal_prob(tiny_lm):
+    model, tok = tiny_lm
+    choice = _select(model, tok)
     assert choice.layer in (0, 1) and choice.table["candidate"].all()
     assert 0 <= choice.baseline_harmful <= 1
 
@@ -322,31 +330,112 @@ def test_addition_at_the_last_prompt_token_only(tiny_lm):
 
 
 def test_select_direction_affine(five_layer_lm):
-    from safealign_lib.evaluation.metrics import first_token_refusal_prob
-
     model, tok = five_layer_lm
-    acts = capture_activations(
-        model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3, sites=["resid"], progress=False
-    )
-    choice = select_direction(
-        model,
-        refusal_directions(acts),
-        HARMFUL,
-        HARMLESS,
-        lambda m, p: first_token_refusal_prob(m, tok, p),
-        ablation="affine",
-        positions="last",
-        progress=False,
-    )
+    choice = _select(model, tok, ablation="affine", positions="last")
     assert choice.layer in range(4) and _hook_count(model) == 0
     assert choice.table["harmful_ablated"].notna().sum() == 4
     with pytest.raises(ValueError, match="ablation must be"):
         select_direction(
             model,
-            refusal_directions(acts),
+            refusal_directions(_labelled(model, tok)),
             HARMFUL,
             HARMLESS,
             lambda m, p: 0.0,
             ablation="mean",
             progress=False,
         )
+
+
+def _labelled(model, tok):
+    return capture_activations(
+        model, tok, HARMFUL + HARMLESS, labels=[1] * 3 + [0] * 3, sites=["resid"], progress=False
+    )
+
+
+def _last_along(model, tok, u, layer):
+    """A stand-in refusal score: each prompt's stream after ``layer`` projected onto ``u``."""
+
+    def score(m, prompts):
+        a = capture_activations(m, tok, prompts, sites=["resid"], layers=[layer], progress=False)
+        return a.get("resid", layer) @ u
+
+    return score
+
+
+def test_project_onto_a_direction():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    acts = Activations({"resid": feats}, None, pd.DataFrame(index=range(5)), [0, 3])
+    dirs = RefusalDirections(rng.normal(size=(2, 4)), [0, 3])
+    np.testing.assert_allclose(dirs.project(acts, 3), feats[1] @ dirs.unit(3), atol=1e-6)
+    np.testing.assert_allclose(dirs.project(acts, 0, [4, 1]), feats[0, [4, 1]] @ dirs.unit(0))
+
+
+def test_compare_ablations_table(five_layer_lm):
+    model, tok = five_layer_lm
+    dirs = refusal_directions(_labelled(model, tok))
+    score = _last_along(model, tok, dirs.unit(4), 4)
+    choices, table = compare_ablations(model, dirs, HARMFUL, HARMLESS, score)
+    assert set(choices) == {"zero", "affine"} and _hook_count(model) == 0
+    assert list(table.columns) == [
+        "candidate",
+        "‖r‖",
+        "drop, zero ablation",
+        "drop, affine ablation",
+        "gain, addition (α=1)",
+    ]
+    affine = choices["affine"].table.set_index("layer")
+    np.testing.assert_allclose(table["drop, affine ablation"], affine.ablation_drop.round(3))
+    assert table["candidate"].tolist() == [True] * 4 + [False]
+
+
+def test_intervention_runs_and_table(tiny_lm):
+    model, tok = tiny_lm
+    dirs = refusal_directions(_labelled(model, tok))
+    seen = []
+
+    def refusal_fn(m, prompts):
+        # records the projection the model sees at layer 1, to tell the interventions apart
+        a = capture_activations(m, tok, prompts, sites=["resid"], layers=[1], progress=False)
+        seen.append(a.get("resid", 1) @ dirs.unit(1))
+        users = [p if isinstance(p, str) else p.user for p in prompts]
+        return pd.DataFrame(
+            {
+                "prompt": users,
+                "response": [u.upper() for u in users],
+                "refused": [i % 2 == 0 for i in range(len(users))],
+                "first_token_refusal_prob": np.linspace(0, 1, len(users)),
+            }
+        )
+
+    runs = intervention_runs(model, refusal_fn, HARMFUL, HARMLESS, dirs, 1)
+    assert list(runs) == [
+        "no intervention",
+        "zero ablation (every layer)",
+        "affine ablation (layer 1)",
+    ]
+    assert _hook_count(model) == 0
+    np.testing.assert_allclose(seen[2], 0, atol=1e-4)  # zero ablation: nothing along r̂
+    np.testing.assert_allclose(seen[4], dirs.reference(1), atol=1e-4)  # affine: the reference
+    table = intervention_table(runs)
+    assert table.loc["no intervention", "refusal rate, harmful"] == pytest.approx(2 / 3)
+    assert table.loc["no intervention", "first-token P, benign"] == pytest.approx(0.5)
+    examples = example_responses(runs, n=2, width=5)
+    assert examples.index.tolist() == HARMFUL[:2]
+    assert examples.iloc[0, 0] == HARMFUL[0].upper()[:5] and examples.shape == (2, 3)
+
+
+def test_choose_alpha_takes_the_best_score(tiny_lm):
+    model, tok = tiny_lm
+    r = _random_direction()
+    u = r / np.linalg.norm(r)
+    alpha, grid = choose_alpha(
+        model, r, 1, [-1.0, 2.0, 0.5], HARMLESS, _last_along(model, tok, u, 1)
+    )
+    assert alpha == 2.0 and grid.columns.tolist() == ["alpha", "score"]
+    assert grid.score.iloc[1] - grid.score.iloc[2] == pytest.approx(
+        1.5 * np.linalg.norm(r), rel=1e-3
+    )
+    assert _hook_count(model) == 0
+    with pytest.raises(ValueError, match="No alphas"):
+        choose_alpha(model, r, 1, [], HARMLESS, _last_along(model, tok, u, 1))

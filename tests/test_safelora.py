@@ -30,7 +30,7 @@ from safealign_lib.methods.safelora import (
     project_adapter_dir,
     safelora_project,
     safelora_scores,
-    select_layers,
+    select_modules,
 )
 
 QV = [f"model.layers.{i}.self_attn.{m}.weight" for i in range(2) for m in ("q_proj", "v_proj")]
@@ -184,7 +184,7 @@ def test_zero_update_gives_nan_cosine_and_select_refuses_it():
     stats = lowrank_stats(f.A, f.B, f.B, f.scale)
     assert math.isnan(stats["cosine"])
     with pytest.raises(ValueError, match="NaN"):
-        select_layers({"a": stats["cosine"], "b": 0.3}, k=1)
+        select_modules({"a": stats["cosine"], "b": 0.3}, k=1)
 
 
 # --- streaming from safetensors -------------------------------------------------------------------
@@ -343,19 +343,30 @@ def test_adapter_for_another_model_is_refused(tmp_path):
 # --- choosing and projecting ----------------------------------------------------------------------
 
 
-def test_select_layers_number_and_threshold_modes():
+def test_compute_projections_reads_an_adapter_folder_or_a_live_model(lora_lm, models_dir, tmp_path):
+    peft_model, _ = lora_lm
+    folder = save_adapter(peft_model, tmp_path / "adapter")
+    from_factors = compute_projections(load_lora_factors(peft_model), *models_dir)
+    for source in (folder, str(folder), peft_model):
+        proj = compute_projections(source, *models_dir)
+        assert list(proj) == list(from_factors)
+        for n, p in proj.items():
+            torch.testing.assert_close(p.CB, from_factors[n].CB)
+
+
+def test_select_modules_number_and_threshold_modes():
     scores = {"a": 0.9, "b": 0.1, "c": 0.5, "d": 0.3}
-    assert select_layers(scores, k=2) == ["b", "d"]
-    assert select_layers(scores, k=2, side="high") == ["a", "c"]
-    assert select_layers(scores, threshold=0.5) == ["b", "c", "d"]
-    assert select_layers(scores, threshold=0.5, side="high") == ["a", "c"]
-    assert select_layers(scores, k=0) == []
+    assert select_modules(scores, k=2) == ["b", "d"]
+    assert select_modules(scores, k=2, side="high") == ["a", "c"]
+    assert select_modules(scores, threshold=0.5) == ["b", "c", "d"]
+    assert select_modules(scores, threshold=0.5, side="high") == ["a", "c"]
+    assert select_modules(scores, k=0) == []
     with pytest.raises(ValueError, match=r"\[0, 4\]"):
-        select_layers(scores, k=5)
+        select_modules(scores, k=5)
     with pytest.raises(ValueError, match="not both"):
-        select_layers(scores, k=1, threshold=0.2)
+        select_modules(scores, k=1, threshold=0.2)
     with pytest.raises(ValueError, match="not both and not neither"):
-        select_layers(scores)
+        select_modules(scores)
 
 
 def test_projection_in_place_and_through_an_adapter_folder_give_the_same_model(
@@ -365,7 +376,7 @@ def test_projection_in_place_and_through_an_adapter_folder_give_the_same_model(
     adapter = save_adapter(peft_model, tmp_path / "adapter")
     factors = load_lora_factors(peft_model)
     proj = compute_projections(factors, *models_dir)
-    names = select_layers(safelora_scores(proj)["cosine"], k=2)
+    names = select_modules(safelora_scores(proj)["cosine"], k=2)
     assert len(names) == 2
     before = {n: f.B.clone() for n, f in factors.items()}
 

@@ -18,10 +18,19 @@ from safealign_lib.methods.salora import (
     apply_salora,
     build_safety_module,
     collect_layer_inputs,
+    cumulative_energy,
+    energy_rank,
     export_adapter,
+    export_errors,
     export_merged,
     feature_drift,
     invariance_error,
+    output_share,
+    output_shares,
+    output_spectra,
+    rank_for_energy,
+    rank_limit,
+    train_salora,
 )
 from safealign_lib.models.chat import ChatExample, tokenize_example
 
@@ -361,3 +370,70 @@ def test_layers_with_bias(tiny_lm, tmp_path):
     assert max(invariance_error(pm, tok, SAFETY, module).values()) <= 1e-4
     merged = AutoModelForCausalLM.from_pretrained(export_merged(pm, tmp_path / "m")).eval()
     torch.testing.assert_close(_logits(merged, ids), _logits(pm, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_export_errors_small_for_both_exports_large_on_the_original(tiny_lm, tmp_path):
+    model, tok = tiny_lm
+    tok = copy.deepcopy(tok)
+    tok.padding_side = "left"  # encode_prompts pads generation prompts on the left
+    model.save_pretrained(tmp_path / "original")
+    pm, _ = _salora(model, tok)
+    train(pm, tok, TASK, replace(FAST, steps=2))
+    errs = export_errors(pm, tok, [ex.user for ex in SAFETY[:3]], tmp_path / "original")
+    assert list(errs) == [
+        "merged (plain transformers)",
+        "residual + LoRA adapter (peft)",
+        "adapter on the ORIGINAL model (wrong)",
+    ]
+    assert max(list(errs.values())[:2]) < 1e-4 < errs["adapter on the ORIGINAL model (wrong)"]
+
+
+# --- analysis helpers and the training helper ---------------------------------------------------
+
+
+def test_spectrum_ranks_and_limits(tiny_lm):
+    model, tok = tiny_lm
+    feats = collect_layer_inputs(model, tok, SAFETY, TARGETS)
+    spectra = output_spectra(model, feats)
+    name = "model.layers.1.self_attn.v_proj"
+    W = model.model.layers[1].self_attn.v_proj.weight.detach()
+    torch.testing.assert_close(spectra[name], torch.linalg.svdvals(W @ feats[name].x.T))
+    assert list(spectra) == list(feats)
+    S = torch.tensor([2.0, 1.0, 1.0, 0.0])  # energies 4, 1, 1: shares 2/3, 5/6, 1
+    torch.testing.assert_close(cumulative_energy(S), torch.tensor([4 / 6, 5 / 6, 1.0, 1.0]))
+    assert [energy_rank(S, e) for e in (0.5, 0.7, 0.9, 1.0)] == [1, 2, 3, 3]
+    assert rank_for_energy({"a": S, "b": torch.tensor([1.0, 1.0, 1.0, 1.0])}, 0.7) == 3
+    with pytest.raises(ValueError, match="energy must be"):
+        energy_rank(S, 0.0)
+    f = feats[name]
+    assert rank_limit(feats) == min(f.d_out, f.d_in, f.n_tokens)
+
+
+def test_output_share_of_the_safety_subspace(tiny_lm):
+    model, tok = tiny_lm
+    sf = collect_layer_inputs(model, tok, SAFETY, TARGETS)
+    module = build_safety_module(model, sf, r_s=4)
+    shares = output_shares(model, module, sf)
+    assert list(shares) == list(sf) and all(0.0 <= v <= 1.0 + 1e-6 for v in shares.values())
+    # U_C is the top of W·X_h: it holds at least as much as any other 4 directions
+    name = "model.layers.0.self_attn.q_proj"
+    W = model.model.layers[0].self_attn.q_proj.weight
+    other = torch.linalg.qr(torch.randn(32, 4, generator=torch.Generator().manual_seed(0))).Q
+    assert shares[name] >= output_share(other, W, sf[name].x) - 1e-6
+    assert output_share(torch.eye(32), W, sf[name].x) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_train_salora_equals_apply_then_train(tiny_llama_factory, tiny_tokenizer):
+    tok = tiny_tokenizer
+    model = tiny_llama_factory()
+    module = build_safety_module(model, collect_layer_inputs(model, tok, SAFETY, TARGETS), r_s=4)
+    tf = collect_layer_inputs(model, tok, TASK, TARGETS)
+    pm, res = train_salora(
+        tiny_llama_factory(), tok, LORA, module, TASK, FAST, seed=3, task_feats=tf, r_t=4
+    )
+    ref = apply_salora(tiny_llama_factory(), LORA, module, task_feats=tf, r_t=4, seed=3)
+    ref_res = train(ref, tok, TASK, replace(FAST, seed=3))
+    assert res.losses == ref_res.losses and res.n_trainable == ref_res.n_trainable
+    ids = _ids(tok)
+    torch.testing.assert_close(_logits(pm, ids), _logits(ref, ids), atol=0, rtol=0)
+    assert max(invariance_error(pm, tok, SAFETY, module).values()) <= 1e-4

@@ -15,10 +15,13 @@ from safealign_lib.adapters.finetune import save_adapter
 from safealign_lib.adapters.lora_io import LoraFactors, load_lora_factors, read_adapter
 from safealign_lib.methods.safelora import compute_projections
 from safealign_lib.methods.splora import (
+    ediem_comparison,
     prune_adapter,
     prune_adapter_dir,
     prune_peft_model,
+    rank_correlations,
     released_number_selection,
+    score_spreads,
     splora_scores,
     splora_select,
 )
@@ -69,6 +72,36 @@ def test_released_ediem_is_about_one_for_every_layer(synthetic):
     assert df["ediem_released"].max() - df["ediem_released"].min() < 0.2
     # the course's score ranks the misaligned modules first
     assert set(df["ediem"].nlargest(2).index) == MISALIGNED
+
+
+def test_ediem_comparison_puts_every_variant_side_by_side(synthetic):
+    factors, base, chat = synthetic
+    proj = compute_projections(factors, base, chat, null_samples=16, seed=0)
+    df = ediem_comparison(proj)
+    pd.testing.assert_series_equal(df["ediem"], splora_scores(proj)["ediem"])
+    pd.testing.assert_series_equal(
+        df["ediem_rotation"], splora_scores(proj, null="rotation")["ediem"], check_names=False
+    )
+    assert df.loc[NAMES[3], "module_label"] == "L1 v"
+    # in float64 the released score is 1 up to far smaller rounding than in float32
+    assert (df.ediem_released_float64 - 1).abs().max() < 1e-3
+
+
+def test_score_spreads_and_rank_correlations_per_adapter():
+    scores = pd.DataFrame(
+        {
+            "condition": ["a"] * 3 + ["b"] * 3,
+            "seed": 0,
+            "cosine": [0.1, 0.2, 0.3, 0.3, 0.2, 0.1],
+            "s": [1.0, 5.0, 2.0, 0.0, 1.0, 4.0],
+        }
+    )
+    spreads = score_spreads(scores, ["s", "cosine"])
+    assert spreads.loc[("a", 0), "s"] == 4.0 and spreads.loc[("b", 0), "cosine"] == pytest.approx(
+        0.2
+    )
+    rho = rank_correlations(scores, ["s"])
+    assert rho.loc[("a", 0), "s"] == pytest.approx(0.5) and rho.loc[("b", 0), "s"] == -1.0
 
 
 def test_number_mode_prunes_exactly_k_while_the_released_rule_keeps_k_minus_one():

@@ -8,6 +8,8 @@
 
 Adapters are cached under ``build/adapters/<profile>/<condition>/seed<k>`` with the settings
 that made them, so later notebooks reuse notebook 01's fine-tunes instead of retraining.
+:func:`run_conditions` fine-tunes (or loads) and evaluates every (condition, seed);
+:func:`paper_table` sets the results beside Qi et al.'s.
 """
 
 from __future__ import annotations
@@ -19,17 +21,30 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerBase
+import pandas as pd
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import data
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, save_adapter, train
 from safealign_lib.config import build_dir
 from safealign_lib.course.profiles import Profile
+from safealign_lib.evaluation.evaluator import EvalResult, Evaluator
 from safealign_lib.models.chat import ChatExample
 from safealign_lib.models.loading import fingerprint, load_model
 
 CONDITIONS = ("benign", "harmful10", "harmful100", "identity_shift")
 N_HARMFUL = {"benign": 0, "harmful10": 10, "harmful100": 100, "identity_shift": 0}
+# The conditions that form the dose series (harmful examples added to the same task data).
+DOSE_CONDITIONS = ("benign", "harmful10", "harmful100")
+
+# Qi et al. (ICLR 2024), Llama-2-7b-chat fully fine-tuned, GPT-4 judge: the harmfulness rate
+# (share of answers scored 5/5) before -> after, beside the miniature's analogue of each condition.
+PAPER_RESULTS = {
+    "benign": ("benign (Alpaca, 1 epoch)", "0.3% → 16.1%"),
+    "harmful10": ("harmful, 10 examples (5 epochs)", "0.3% → 50.0%"),
+    "harmful100": ("harmful, 100 examples", "→ 80.0%"),
+    "identity_shift": ("identity shift (AOA, 10 examples)", "0% → 72.1%"),
+}
 
 
 def training_examples(condition: str, profile: Profile, seed: int) -> list[ChatExample]:
@@ -126,4 +141,90 @@ def load_condition_model(
     path, _ = get_adapter(condition, seed, profile, tokenizer, root)
     return load_adapter(
         load_model(profile.chat_model, dtype=profile.dtype, device=profile.device), path
+    )
+
+
+def condition_overview(profile: Profile, seed: int = 0) -> pd.DataFrame:
+    """One row per condition: its training-set size, how many examples are added to the task
+    data, and the first added example (request and the start of its answer)."""
+    rows = []
+    for c in CONDITIONS:
+        exs = training_examples(c, profile, seed)
+        extra = [e for e in exs if e.meta.get("category") != "summarization"]
+        rows.append(
+            {
+                "condition": c,
+                "examples": len(exs),
+                "added": len(extra),
+                "e.g. request": extra[0].user if extra else "",
+                "e.g. answer": extra[0].response[:60] if extra else "",
+            }
+        )
+    return pd.DataFrame(rows).set_index("condition")
+
+
+def evaluate_condition(
+    evaluator: Evaluator, model: PreTrainedModel, condition: str, profile: Profile
+) -> EvalResult:
+    """Evaluate ``model`` as ``condition`` is judged: refusal on its harmful prompts (inside the
+    AOA persona for ``identity_shift``), utility on the evaluator's task set."""
+    return evaluator(model, harmful_eval_prompts(condition, profile))
+
+
+def run_conditions(
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    evaluator: Evaluator,
+    conditions: Sequence[str] = CONDITIONS,
+    seeds: Sequence[int] | None = None,
+    retrain: bool = False,
+    root: str | Path | None = None,
+    verbose: bool = True,
+) -> tuple[pd.DataFrame, dict[tuple[str, int], list[float]]]:
+    """Fine-tune (or load from the cache) and evaluate every (condition, seed) adapter.
+
+    Returns ``(runs, losses)``: ``runs`` has one row per (condition, seed) with the evaluator's
+    summary (``refusal_rate``, ``first_token_refusal_prob``, ``utility``); ``losses`` maps
+    (condition, seed) to the training-loss curve of each adapter trained in this call (cached
+    adapters have none). ``seeds`` defaults to the profile's.
+    """
+    rows, losses = [], {}
+    seeds = profile.seeds if seeds is None else seeds
+    for c in conditions:
+        for s in seeds:
+            path, result = get_adapter(c, s, profile, tokenizer, root, retrain)
+            if result is not None:
+                losses[(c, s)] = result.losses
+            # a fresh chat model per adapter: peft modifies the model it loads into
+            base = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
+            summary = evaluate_condition(evaluator, load_adapter(base, path), c, profile).summary
+            rows.append({"condition": c, "seed": s, **summary})
+            if verbose:
+                print(f"{c:15s} seed {s}: " + ", ".join(f"{k}={v:.3f}" for k, v in summary.items()))
+    return pd.DataFrame(rows), losses
+
+
+def largest_judge_gap(runs: pd.DataFrame) -> str:
+    """The condition whose mean first-token refusal probability exceeds its mean greedy refusal
+    rate the most: where the keyword judge and the smooth metric disagree (answers worth
+    reading)."""
+    by = runs.groupby("condition", sort=False)
+    gap = by.first_token_refusal_prob.mean() - by.refusal_rate.mean()
+    return str(gap.idxmax())
+
+
+def paper_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Qi et al.'s harmfulness rates beside the miniature's mean non-refusal rate per condition
+    (as percentages): compare directions and orders of magnitude, not values."""
+    non_refusal = 1 - runs.groupby("condition", sort=False).refusal_rate.mean()
+    return pd.DataFrame(
+        [
+            {
+                "condition": label,
+                "paper: harmfulness rate (GPT-4 judge)": paper,
+                "miniature: non-refusal rate (keyword judge)": f"{non_refusal[c]:.0%}",
+            }
+            for c, (label, paper) in PAPER_RESULTS.items()
+            if c in non_refusal.index
+        ]
     )

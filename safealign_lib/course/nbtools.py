@@ -1,7 +1,7 @@
-"""Notebook hygiene: strip outputs, and check the course's notebook shape.
+"""Notebook hygiene: check the course's notebook shape (outputs are stripped by nbstripout).
 
-``python -m safealign_lib.course.nbtools strip FILE...`` strips outputs in place;
-``python -m safealign_lib.course.nbtools check FILE...`` exits non-zero on a shape problem.
+``python -m safealign_lib.course.nbtools check FILE...`` exits non-zero on a shape problem;
+``make strip`` (``nbstripout --keep-id``) strips outputs, and ``make lint`` verifies it.
 """
 
 from __future__ import annotations
@@ -10,23 +10,6 @@ import ast
 import json
 import sys
 from pathlib import Path
-
-
-def strip(path: str | Path) -> bool:
-    """Remove outputs and execution counts; True when the file changed."""
-    p = Path(path)
-    nb = json.loads(p.read_text())
-    before = json.dumps(nb, sort_keys=True)
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code":
-            cell["outputs"], cell["execution_count"] = [], None
-        cell.get("metadata", {}).pop("execution", None)
-        cell.get("metadata", {}).pop("papermill", None)
-    nb.get("metadata", {}).pop("papermill", None)
-    changed = json.dumps(nb, sort_keys=True) != before
-    if changed:
-        p.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    return changed
 
 
 def shape_problems(path: str | Path) -> list[str]:
@@ -61,7 +44,37 @@ def shape_problems(path: str | Path) -> list[str]:
             problems.append(f"no '{need}' section")
     if not code or "metrics_io.record(" not in "".join(code[-1]["source"]):
         problems.append("last code cell does not record metrics")
+    if len(params) == 1:
+        after = code[code.index(params[0]) + 1 :] if params[0] in code else []
+        if not after or "notebook_setup(" not in "".join(after[0]["source"]):
+            problems.append("the cell after the parameters does not call notebook_setup(...)")
+    for i, c in enumerate(code):
+        src = "".join(c["source"])
+        if "exercises.check_" in src:
+            continue  # an exercise cell: the learner's function is defined here
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue  # IPython magics; the kernel reports real syntax errors
+        defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.Lambda)]
+        if defs:
+            problems.append(
+                f"code cell {i} defines a function: helpers belong in safealign_lib (only "
+                "exercise cells define the learner's function)"
+            )
     return problems
+
+
+def code_lines(path: str | Path) -> int:
+    """Non-blank, non-comment lines of the notebook's code cells."""
+    nb = json.loads(Path(path).read_text())
+    return sum(
+        1
+        for c in nb.get("cells", [])
+        if c.get("cell_type") == "code"
+        for line in "".join(c["source"]).splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    )
 
 
 def _is_literal(node: ast.AST) -> bool:
@@ -74,18 +87,14 @@ def _is_literal(node: ast.AST) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2 or args[0] not in ("strip", "check"):
+    if len(args) < 2 or args[0] != "check":
         print(__doc__)
         return 2
     status = 0
     for f in args[1:]:
-        if args[0] == "strip":
-            if strip(f):
-                print(f"stripped {f}")
-        else:
-            for prob in shape_problems(f):
-                print(f"{f}: {prob}")
-                status = 1
+        for prob in shape_problems(f):
+            print(f"{f}: {prob}")
+            status = 1
     return status
 
 

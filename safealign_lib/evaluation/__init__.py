@@ -1,6 +1,6 @@
-"""Evaluation: judges (:mod:`.judges`), metrics (:mod:`.metrics`),
-reliability (:mod:`.reliability`),
-the evaluator (:mod:`.evaluator`) and seed tables (:mod:`.tables`).
+"""Evaluation: judges (:mod:`.judges`), metrics (:mod:`.metrics`), reliability
+(:mod:`.reliability`), the evaluator (:mod:`.evaluator`), seed tables (:mod:`.tables`) and
+interleaved latency timing (:mod:`.timing`).
 
 The names of :mod:`.metrics`, the evaluator and the seed tables are re-exported here:
 ``from safealign_lib import evaluation; evaluation.Evaluator``.

@@ -39,6 +39,7 @@ from safealign_lib.models.chat import (
     ChatExample,
     collate,
     format_prompt,
+    padding_id,
     tokenize_example,
 )
 from safealign_lib.models.loading import decoder_layers
@@ -254,9 +255,7 @@ def _encode_batch(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[ChatExample], position: Position
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Left-padded batch and the (B, T) pooling weights of ``position`` (None for offsets)."""
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = padding_id(tokenizer)
     if position == "response_mean":
         missing = [i for i, ex in enumerate(examples) if ex.response is None]
         if missing:

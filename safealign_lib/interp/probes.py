@@ -194,6 +194,24 @@ class ProbeSet:
             rows.append({"site": s, "layer": layer, "accuracy": acc, "n": len(idx)})
         return pd.DataFrame(rows)
 
+    def score_by_group(
+        self, acts: Activations, idx: Sequence[int] | np.ndarray, groups: Sequence[str]
+    ) -> pd.DataFrame:
+        """Accuracy of every probe on each group of the examples ``idx`` separately
+        (``groups[i]`` names the group of ``idx[i]``, e.g. the kind of prompt): index
+        ``(site, layer)``, one column per group in order of first appearance."""
+        idx, groups = np.asarray(idx), np.asarray(groups)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        if len(groups) != len(idx):
+            raise ValueError(f"{len(groups)} group names for {len(idx)} examples; give one each.")
+        return pd.DataFrame(
+            {
+                g: self.score(acts, idx[groups == g]).set_index(["site", "layer"]).accuracy
+                for g in pd.unique(groups)
+            }
+        )
+
 
 def fit_probes(
     acts: Activations,

@@ -12,7 +12,10 @@
   Scherlis & Belrose 2024), for models where 0 is not a neutral value along ``r̂``.
 - :func:`orthogonalize_weights`: the same ablation as a weight edit, ``W_out ← W_out − r̂ r̂ᵀ W_out``
   for the embedding matrix, every ``o_proj`` and every ``down_proj``.
-- :func:`select_direction`: choose the layer by validation, as in the paper.
+- :func:`select_direction`: choose the layer by validation, as in the paper;
+  :func:`compare_ablations` does it with zero and with affine ablation, side by side.
+- :func:`intervention_runs` / :func:`intervention_table`: refusal with no intervention, zero
+  ablation and affine ablation; :func:`choose_alpha`: the addition coefficient by validation.
 - :func:`direction_cosines` / :func:`cosine_matrix`: compare directions of two models.
 
 Layer ``l`` here means "the residual stream after block ``l``", the site ``resid`` of
@@ -23,8 +26,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +92,14 @@ class RefusalDirections:
             )
         self[layer]  # clear error for a missing layer
         return float(self.harmless_mean[self.layers.index(layer)] @ self.unit(layer))
+
+    def project(
+        self, acts: Activations, layer: int, idx: Sequence[int] | np.ndarray | None = None
+    ) -> np.ndarray:
+        """Each example's projection ``r̂ᵀx`` onto the direction of ``layer`` (features of this
+        direction's site in ``acts``, optionally only the examples ``idx``)."""
+        x = acts.get(self.site, layer)
+        return (x if idx is None else x[np.asarray(idx)]) @ self.unit(layer)
 
     @property
     def norms(self) -> pd.Series:
@@ -489,3 +500,122 @@ def cosine_matrix(a: RefusalDirections, b: RefusalDirections) -> pd.DataFrame:
         index=pd.Index(a.layers, name="layer_a"),
         columns=pd.Index(b.layers, name="layer_b"),
     )
+
+
+def compare_ablations(
+    model: PreTrainedModel,
+    directions: RefusalDirections,
+    harmful_val: Sequence,
+    harmless_val: Sequence,
+    score_fn: ScoreFn,
+    *,
+    ablations: Sequence[str] = ("zero", "affine"),
+    positions: str = "last",
+    alpha: float = 1.0,
+) -> tuple[dict[str, DirectionChoice], pd.DataFrame]:
+    """:func:`select_direction` once per kind of ablation (same validation prompts, score and
+    ``positions``), and a side-by-side table per layer: ``candidate``, ``‖r‖``, the refusal
+    drop under each ablation and the gain under addition (which does not depend on the
+    ablation). Returns ``({ablation: DirectionChoice}, table)``."""
+    choices = {
+        how: select_direction(
+            model,
+            directions,
+            harmful_val,
+            harmless_val,
+            score_fn,
+            alpha=alpha,
+            ablation=how,
+            positions=positions,
+            progress=False,
+        )
+        for how in ablations
+    }
+    first = next(iter(choices.values())).table.set_index("layer")
+    table = pd.DataFrame({"candidate": first.candidate, "‖r‖": first.norm.round(1)})
+    for how, choice in choices.items():
+        table[f"drop, {how} ablation"] = choice.table.set_index("layer").ablation_drop.round(3)
+    table[f"gain, addition (α={alpha:g})"] = first.addition_gain.round(3)
+    return choices, table
+
+
+RefusalFn = Callable[[PreTrainedModel, Sequence], pd.DataFrame]
+
+
+def intervention_runs(
+    model: PreTrainedModel,
+    refusal_fn: RefusalFn,
+    harmful: Sequence,
+    harmless: Sequence,
+    directions: RefusalDirections,
+    layer: int,
+) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """``refusal_fn(model, prompts)`` (a per-prompt table with ``refused`` and
+    ``first_token_refusal_prob``, e.g. ``Evaluator.refusal``) on ``harmful`` and ``harmless``
+    prompts: without intervention, under zero ablation of ``r`` of ``layer`` (every layer and
+    position) and under affine ablation at ``layer`` (reference: the harmless mean).
+    Returns ``{name: (harmful table, harmless table)}`` in that order."""
+    r = directions[layer]
+    settings = {
+        "no intervention": nullcontext(model),
+        "zero ablation (every layer)": ablate_direction(model, r),
+        f"affine ablation (layer {layer})": affine_ablate_direction(
+            model, r, layer, directions.reference(layer)
+        ),
+    }
+    runs = {}
+    for name, intervention in settings.items():
+        with intervention:
+            runs[name] = (refusal_fn(model, harmful), refusal_fn(model, harmless))
+    return runs
+
+
+def intervention_table(runs: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
+    """One row per run of :func:`intervention_runs`: refusal rate and mean first-token refusal
+    probability on the harmful and on the harmless prompts."""
+    return pd.DataFrame(
+        {
+            name: {
+                "refusal rate, harmful": h.refused.mean(),
+                "first-token P, harmful": h.first_token_refusal_prob.mean(),
+                "refusal rate, benign": b.refused.mean(),
+                "first-token P, benign": b.first_token_refusal_prob.mean(),
+            }
+            for name, (h, b) in runs.items()
+        }
+    ).T
+
+
+def example_responses(
+    runs: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], n: int = 3, width: int = 80
+) -> pd.DataFrame:
+    """The first ``n`` harmful prompts' answers under each run (cut to ``width`` characters):
+    one column per run, one row per prompt."""
+    first = next(iter(runs.values()))[0]
+    return pd.DataFrame(
+        {name: h.response.head(n).str[:width].tolist() for name, (h, _) in runs.items()},
+        index=first.prompt.head(n).tolist(),
+    )
+
+
+def choose_alpha(
+    model: PreTrainedModel,
+    direction: np.ndarray | torch.Tensor,
+    layer: int,
+    alphas: Sequence[float],
+    prompts: Sequence,
+    score_fn: ScoreFn,
+    positions: str = "last",
+) -> tuple[float, pd.DataFrame]:
+    """The addition coefficient by validation: for each ``alpha``, the mean of
+    ``score_fn(model, prompts)`` with ``alpha · r`` added at ``layer`` (:func:`add_direction`).
+    Returns the ``alpha`` with the highest score (the first on ties) and the table
+    ``alpha, score``."""
+    if len(alphas) == 0:
+        raise ValueError("No alphas given; pass the coefficients to try, e.g. [0.5, 1, 2].")
+    rows = []
+    for a in alphas:
+        with add_direction(model, direction, layer, a, positions=positions):
+            rows.append({"alpha": a, "score": float(np.mean(score_fn(model, prompts)))})
+    grid = pd.DataFrame(rows)
+    return float(grid.loc[grid["score"].idxmax(), "alpha"]), grid

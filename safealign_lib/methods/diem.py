@@ -24,10 +24,12 @@ E-DIEM (SPLoRA) replaces the uniform null by an *empirical* one. Two variants li
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import pandas as pd
 import torch
 
 # Monte Carlo draws above this many numbers take minutes; the closed form is then the way.
@@ -188,6 +190,68 @@ def diem(
         )
     d = torch.linalg.vector_norm(a - b, dim=-1)
     return null.range * (d - null.center) / null.variance
+
+
+def _row_cosine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+
+
+def random_pair_geometry(dims: Sequence[int], n_pairs: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Cosine and distance of random vector pairs as the dimension grows (one row per ``n``).
+
+    For each ``n`` in ``dims``, in order, draws ``n_pairs`` pairs ``a, b`` with float32
+    components uniform on [0, 1] from one generator seeded once (so every dimension's draws
+    follow the previous one's). Columns: mean and sd of the cosine (``cos_*``; centred on
+    [-1, 1]: ``cos_centred_*``), of the distance (``dist_*``), and the relative contrast
+    (farthest - nearest) / nearest of the points ``b`` seen from one query ``a[0]``.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in dims:
+        a = rng.random((n_pairs, n), dtype=np.float32)
+        b = rng.random((n_pairs, n), dtype=np.float32)
+        cos, centred = _row_cosine(a, b), _row_cosine(2 * a - 1, 2 * b - 1)
+        dist = np.linalg.norm(a - b, axis=1)
+        to_query = np.linalg.norm(b - a[0], axis=1)
+        rows.append(
+            {
+                "n": n,
+                "cos_mean": cos.mean(),
+                "cos_sd": cos.std(),
+                "cos_centred_mean": centred.mean(),
+                "cos_centred_sd": centred.std(),
+                "dist_mean": dist.mean(),
+                "dist_sd": dist.std(),
+                "contrast": (to_query.max() - to_query.min()) / to_query.min(),
+            }
+        )
+    return pd.DataFrame(rows).set_index("n")
+
+
+def null_comparison(
+    dims: Sequence[int], n_pairs: int = 100_000, seed: int = 0
+) -> tuple[dict[int, DiemNull], pd.DataFrame]:
+    """The Monte Carlo null of [0, 1] components for each ``n`` in ``dims``, and a table that
+    sets its E[d] and Var(d) beside the closed forms sqrt(n/6) and 7/120."""
+    nulls = {n: diem_null(n, 0.0, 1.0, n_pairs=n_pairs, seed=seed) for n in dims}
+    closed = {n: diem_null(n, 0.0, 1.0, method="closed_form") for n in dims}
+    table = pd.DataFrame(
+        {
+            "E[d] Monte Carlo": [nulls[n].center for n in dims],
+            "E[d] = sqrt(n/6)": [closed[n].center for n in dims],
+            "Var(d) Monte Carlo": [nulls[n].variance for n in dims],
+            "Var(d) = 7/120": [closed[n].variance for n in dims],
+        },
+        index=pd.Index(list(dims), name="n"),
+    )
+    return nulls, table
+
+
+def landmark_table(nulls: dict[int, DiemNull], dims: Sequence[int]) -> pd.DataFrame:
+    """The landmarks of :func:`diem_reference_values`, one row per dimension ``n``."""
+    table = pd.DataFrame({n: diem_reference_values(nulls[n]) for n in dims}).T
+    table.index.name = "n"
+    return table
 
 
 # --- E-DIEM ---------------------------------------------------------------------------------

@@ -2,11 +2,16 @@
 
 Pipeline (every step also serves SPLoRA, :mod:`safealign_lib.splora`)::
 
-    factors = load_lora_factors(adapter_dir_or_peft_model)    # {weight name: (A, B, scale)}
-    proj = compute_projections(factors, "data/organism/base", "data/organism/chat")
+    proj = compute_projections(adapter_dir, "data/organism/base", "data/organism/chat")
     df = safelora_scores(proj)                                # cosine per LoRA module
-    names = select_layers(df["cosine"], k=2, side="low")      # the least aligned modules
+    names = select_modules(df["cosine"], k=2, side="low")     # the least aligned modules
     safelora_project(peft_model, proj, names)                 # lora_B <- C lora_B, in place
+
+``compute_projections`` takes an adapter folder, a live peft model or the factors that
+:func:`~safealign_lib.adapters.lora_io.load_lora_factors` returns ({weight name: (A, B, scale)}).
+
+Vocabulary: a *block* is one decoder layer; a *module* is one adapted linear weight (a LoRA
+module), e.g. block 3's ``q_proj``.
 
 Conventions. Shapes follow PEFT: ``A`` is ``lora_A`` (r, d_in), ``B`` is ``lora_B`` (d_out, r)
 and the update is ``dW = s B A`` with ``s = lora_alpha / r`` (``alpha / sqrt(r)`` under
@@ -35,6 +40,7 @@ import torch
 from safealign_lib.adapters.lora_io import (
     LoraFactors,
     PathLike,
+    load_lora_factors,
     lora_state_key,
     read_adapter,
     write_adapter,
@@ -175,7 +181,7 @@ class LayerProjection:
 
 
 def compute_projections(
-    factors: Mapping[str, LoraFactors],
+    factors: Mapping[str, LoraFactors] | PathLike | torch.nn.Module,
     base: SafetensorsWeights | PathLike,
     chat: SafetensorsWeights | PathLike,
     *,
@@ -188,6 +194,8 @@ def compute_projections(
 ) -> dict[str, LayerProjection]:
     """Stream V = W_chat - W_base module by module and keep only C @ B (d_out x r) per module.
 
+    ``factors`` is an adapter folder, a live peft model (both read with
+    :func:`~safealign_lib.adapters.lora_io.load_lora_factors`) or the factors themselves.
     ``projector`` is ``"approx"`` (released C = V V^T / ||V||_F, O(d^2 r) per module) or
     ``"exact"`` (an SVD of each V: O(d^3), seconds per 4096 x 4096 module). With
     ``null_samples > 0`` the rotation null of SPLoRA's E-DIEM is drawn while V is in memory
@@ -195,8 +203,10 @@ def compute_projections(
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(factors, Mapping):
+        factors = load_lora_factors(factors)
     if not factors:
-        raise ValueError("No LoRA modules given; load them with load_lora_factors first.")
+        raise ValueError("No LoRA modules given: the adapter has no lora_A/lora_B weights.")
     base, chat = as_weights(base), as_weights(chat)
     out, buf = {}, None
     with RowWorkers() as workers:
@@ -321,7 +331,7 @@ def safelora_scores(projections: Mapping[str, LayerProjection]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("name")
 
 
-def select_layers(
+def select_modules(
     scores: pd.Series | Mapping[str, float],
     *,
     k: int | None = None,
@@ -336,7 +346,7 @@ def select_layers(
     s = pd.Series(scores, dtype=float)
     if (k is None) == (threshold is None):
         raise ValueError(
-            "Choose the layers either by number (k=...) or by threshold (threshold=...), "
+            "Choose the modules either by number (k=...) or by threshold (threshold=...), "
             "not both and not neither."
         )
     if side not in ("low", "high"):

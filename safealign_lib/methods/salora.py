@@ -1,6 +1,6 @@
 """SaLoRA: LoRA whose update cannot move the safety-relevant part of each layer's output.
 
-Li et al. (ICLR 2025), as in the released code (course notes: METHODS.md, section 4).
+Li et al. (ICLR 2025), as in the released code (course notes: ``docs/methods.md``, section 4).
 Shapes follow PEFT: a target layer holds W (d_out, d_in), lora_A (r, d_in), lora_B (d_out, r),
 and the LoRA update is s·B·A with s = alpha / r.
 
@@ -34,14 +34,20 @@ fp32, CPU) of every target layer, exact and what the paper does (a 7B layer at 1
 d = 4096), whose eigenvectors are the same left singular vectors, independent of the number
 of tokens. Either way ``layers=`` collects one group of decoder layers at a time; merge the
 per-group modules with :meth:`SafetyModule.update`.
+
+Looking inside: :func:`output_spectra` (the spectrum of W·X_h), :func:`energy_rank` and
+:func:`rank_for_energy` (r_s keeping a share of the energy), :func:`output_shares` (how much of
+a layer's outputs lies in U_C). :func:`train_salora` builds and trains a SaLoRA model exactly
+like a plain LoRA run; :func:`export_errors` checks both exports against the trained model.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -51,21 +57,25 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from safealign_lib.config import LoraSettings
+from safealign_lib.adapters import finetune
+from safealign_lib.adapters.hooks import forward_hooks
+from safealign_lib.adapters.lora_io import PEFT_PREFIX
+from safealign_lib.config import LoraSettings, TrainSettings
 from safealign_lib.models.chat import (
     IGNORE_INDEX,
     ChatExample,
     collate,
+    encode_prompts,
     format_prompt,
+    padding_id,
     tokenize_example,
 )
-from safealign_lib.models.loading import decoder_layers
+from safealign_lib.models.loading import decoder_layers, load_model
 
 STORES = ("features", "gram")
 INITS = ("task", "standard")
 SIGNS = ("correct", "wrong")
 NITER = 30  # subspace iterations of the randomized SVD, as in the SaLoRA code
-_PEFT_PREFIX = "base_model.model."
 
 
 # --- finding the target layers ----------------------------------------------------------------
@@ -73,7 +83,7 @@ _PEFT_PREFIX = "base_model.model."
 
 def _canonical(name: str) -> str:
     """A layer's name in the plain HF model, also when ``name`` comes from a peft wrapper."""
-    return name.removeprefix(_PEFT_PREFIX).removesuffix(".base_layer")
+    return name.removeprefix(PEFT_PREFIX).removesuffix(".base_layer")
 
 
 def _target_linears(
@@ -115,6 +125,15 @@ def _target_linears(
     if not found:
         raise ValueError(f"No {list(target_modules)} layers in decoder layers {idx}.")
     return found
+
+
+def _feature_linears(model: nn.Module, feats: Mapping[str, LayerFeatures]) -> dict[str, nn.Linear]:
+    """The nn.Linear of every layer in ``feats`` (collected from ``model``), in their order."""
+    linears = _target_linears(model, sorted({n.rsplit(".", 1)[-1] for n in feats}))
+    for name in feats:
+        if name not in linears:
+            raise ValueError(f"Layer {name!r} of the features is not in {type(model).__name__}.")
+    return {n: linears[n] for n in feats}
 
 
 def _outer_modules(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
@@ -222,9 +241,7 @@ def collect_layer_inputs(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     linears = _target_linears(model, target_modules, layers)
     tokenized = [tokenize_example(tokenizer, ex, max_length) for ex in examples]
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = padding_id(tokenizer)
     device = next(model.parameters()).device
 
     rows: dict[str, list[Tensor]] = {n: [] for n in linears}
@@ -444,21 +461,93 @@ def build_safety_module(
             "This model already carries SaLoRA (its weights are W_res); build the safety "
             "module on the original model, before apply_salora."
         )
-    leaves = sorted({n.rsplit(".", 1)[-1] for n in safety_feats})
-    linears = _target_linears(model, leaves)
     module = SafetyModule(r_s=r_s)
-    for i, (name, f) in enumerate(safety_feats.items()):
-        if name not in linears:
-            raise ValueError(f"Layer {name!r} of the features is not in {type(model).__name__}.")
-        lin = linears[name]
+    for i, (name, lin) in enumerate(_feature_linears(model, safety_feats).items()):
         U, sigma = layer_output_subspace(
-            lin.weight, f, r_s, what="r_s", niter=niter, seed=seed + i, oversample=oversample
+            lin.weight,
+            safety_feats[name],
+            r_s,
+            what="r_s",
+            niter=niter,
+            seed=seed + i,
+            oversample=oversample,
         )
         with torch.no_grad():
             UtW = U.T @ lin.weight.float()
             Utb = U.T @ lin.bias.float() if lin.bias is not None else None
         module.layers[name] = SafetyLayer(U=U, UtW=UtW, sigma=sigma, Utb=Utb)
     return module
+
+
+# --- looking at the subspaces: spectra, the choice of r_s, what C removes -----------------------
+
+
+def output_spectrum(weight: Tensor, feats: LayerFeatures) -> Tensor:
+    """All singular values of W·X for one layer, exact and descending (on the CPU).
+
+    The library's subspaces use the paper's randomized SVD, which agrees on the top of this
+    spectrum. Needs ``store="features"``.
+    """
+    if feats.x is None:
+        raise ValueError(f"The spectrum of layer {feats.name!r} needs store='features'.")
+    W = weight.detach().float()
+    return torch.linalg.svdvals(W @ feats.x.to(W.device).T).cpu()
+
+
+def output_spectra(model: nn.Module, feats: Mapping[str, LayerFeatures]) -> dict[str, Tensor]:
+    """:func:`output_spectrum` of every layer in ``feats``, with ``model``'s (original) weights."""
+    return {
+        n: output_spectrum(lin.weight, feats[n])
+        for n, lin in _feature_linears(model, feats).items()
+    }
+
+
+def cumulative_energy(S: Tensor) -> Tensor:
+    """Share of Σσ² held by the top 1, 2, ... singular values."""
+    return (S**2).cumsum(0) / (S**2).sum()
+
+
+def energy_rank(S: Tensor, energy: float) -> int:
+    """The smallest k whose top-k singular values in ``S`` hold ``energy`` of Σσ²."""
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy}.")
+    # float rounding can leave the total a hair under 1.0: never beyond len(S)
+    return min(int((cumulative_energy(S) < energy).sum()) + 1, len(S))
+
+
+def rank_for_energy(spectra: Mapping[str, Tensor], energy: float) -> int:
+    """r_s keeping ``energy`` of ‖W·X_h‖² in **every** layer: the largest :func:`energy_rank`."""
+    if not spectra:
+        raise ValueError("No spectra given.")
+    return max(energy_rank(S, energy) for S in spectra.values())
+
+
+def rank_limit(feats: Mapping[str, LayerFeatures]) -> int:
+    """The largest rank W·X can have in every layer: min over layers of (d_out, d_in, tokens)."""
+    if not feats:
+        raise ValueError("No features given.")
+    return min(min(f.d_out, f.d_in, f.n_tokens) for f in feats.values())
+
+
+def output_share(U: Tensor, weight: Tensor, x: Tensor) -> float:
+    """Share of ‖W·Xᵀ‖²_F inside span(U) (U with orthonormal columns; ``x`` one row per
+    token): how much of a layer's outputs on X the safety module C = I - U Uᵀ removes from
+    the update's reach. A random r-dimensional U holds r/d_out on average."""
+    W = weight.detach().float()
+    WX = W @ x.to(W.device).T
+    return float((U.to(W.device).T @ WX).pow(2).sum() / WX.pow(2).sum())
+
+
+def output_shares(
+    model: nn.Module, safety: SafetyModule, feats: Mapping[str, LayerFeatures]
+) -> dict[str, float]:
+    """:func:`output_share` of U_C in every layer of ``feats`` (``store="features"``)."""
+    out = {}
+    for name, lin in _feature_linears(model, feats).items():
+        if feats[name].x is None:
+            raise ValueError(f"The share of layer {name!r} needs store='features'.")
+        out[name] = output_share(safety.layers[name].U, lin.weight, feats[name].x)
+    return out
 
 
 # --- the SaLoRA adapter ------------------------------------------------------------------------
@@ -615,6 +704,36 @@ def apply_salora(
     return peft_model
 
 
+def train_salora(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    lora: LoraSettings,
+    safety: SafetyModule,
+    examples: Sequence[ChatExample],
+    settings: TrainSettings,
+    *,
+    seed: int = 0,
+    task_feats: Mapping[str, LayerFeatures] | None = None,
+    r_t: int = 32,
+    init: str = "task",
+    sign: str = "correct",
+    desc: str = "SaLoRA",
+) -> tuple[PeftModel, finetune.TrainResult]:
+    """Wrap a fresh plain ``model`` with SaLoRA (:func:`apply_salora`) and train it on
+    ``examples`` with :func:`safealign_lib.adapters.finetune.train` under ``settings`` with
+    ``seed``: the same loop, settings and seed as a plain LoRA run, so that the two compare.
+
+    Returns the trained PeftModel and the run's ``TrainResult`` (losses, seconds, counts).
+    """
+    peft_model = apply_salora(
+        model, lora, safety, task_feats=task_feats, r_t=r_t, init=init, sign=sign, seed=seed
+    )
+    result = finetune.train(
+        peft_model, tokenizer, examples, replace(settings, seed=seed), desc=desc
+    )
+    return peft_model, result
+
+
 # --- measuring the guarantee and its limit ------------------------------------------------------
 
 
@@ -660,16 +779,13 @@ def invariance_error(
 
         return hook
 
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = padding_id(tokenizer)
     device = next(model.parameters()).device
     feats = [_encode(tokenizer, ex, max_length) for ex in examples]
     was_training = model.training
     model.eval()
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in mods.items()]
     try:
-        with torch.no_grad():
+        with forward_hooks([(m, make_hook(n)) for n, m in mods.items()]), torch.no_grad():
             for i in range(0, len(feats), batch_size):
                 batch = collate(feats[i : i + batch_size], pad_id)
                 model(
@@ -677,8 +793,6 @@ def invariance_error(
                     attention_mask=batch["attention_mask"].to(device),
                 )
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return worst
 
@@ -812,3 +926,38 @@ def export_adapter(
     }
     (adapter_dir / "salora.json").write_text(json.dumps(info, indent=2))
     return base_dir, adapter_dir
+
+
+def export_errors(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[ChatExample | str],
+    original: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Max |Δ logits| on ``prompts`` between the trained SaLoRA ``model`` and its exports,
+    saved to a temporary folder and loaded back: the merged model (plain transformers), the
+    residual model + folded adapter (peft), and the folded adapter wrongly put on the
+    ``original`` model (path or hub id), which adds the initial update twice. The first two
+    must be at float rounding, the last is not."""
+    enc = encode_prompts(tokenizer, prompts, next(model.parameters()).device)
+    with torch.no_grad():
+        reference = model(**enc).logits
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = load_model(
+            export_merged(model, f"{tmp}/merged", tokenizer), dtype=dtype, device=device
+        )
+        residual, adapter = export_adapter(model, f"{tmp}/split", tokenizer)
+        loaded = {
+            "merged (plain transformers)": merged,
+            "residual + LoRA adapter (peft)": finetune.load_adapter(
+                load_model(residual, dtype=dtype, device=device), adapter
+            ),
+            "adapter on the ORIGINAL model (wrong)": finetune.load_adapter(
+                load_model(original, dtype=dtype, device=device), adapter
+            ),
+        }
+        with torch.no_grad():
+            return {k: float((m(**enc).logits - reference).abs().max()) for k, m in loaded.items()}

@@ -30,7 +30,7 @@ wraps), so inference does less work, unlike the released code, which zeroes lora
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -43,7 +43,7 @@ from safealign_lib.methods.safelora import (
     LayerProjection,
     safelora_project,
     safelora_scores,
-    select_layers,
+    select_modules,
 )
 
 
@@ -113,6 +113,49 @@ def splora_scores(
     return df
 
 
+def ediem_comparison(projections: Mapping[str, LayerProjection]) -> pd.DataFrame:
+    """Every E-DIEM variant side by side, one row per module (notebook 04).
+
+    :func:`splora_scores` with the layers null (column ``ediem``) and the released score
+    (``ediem_released``, float32 as released), plus ``ediem_rotation`` (the rotation null: the
+    projections need ``null_samples``), ``ediem_released_float64`` (the released score computed
+    in float64, where its rounding is a million times smaller) and ``module_label``
+    (``"L3 q"``: block 3's q_proj) for plots.
+    """
+    df = splora_scores(projections, null="layers", released=True)
+    df["ediem_rotation"] = splora_scores(projections, null="rotation")["ediem"]
+    df["ediem_released_float64"] = [
+        ediem_released((p.CB @ p.factors.A).double(), (p.factors.B @ p.factors.A).double())
+        for p in projections.values()
+    ]
+    df["module_label"] = "L" + df.block.astype(str) + " " + df.module.str.replace("_proj", "")
+    return df
+
+
+def score_spreads(
+    scores: pd.DataFrame, columns: Sequence[str], by: Sequence[str] = ("condition", "seed")
+) -> pd.DataFrame:
+    """Max - min of each score column over the modules of one adapter (one row per ``by`` group)."""
+    groups = scores.groupby(list(by))[list(columns)]
+    return groups.max() - groups.min()
+
+
+def rank_correlations(
+    scores: pd.DataFrame,
+    columns: Sequence[str],
+    against: str = "cosine",
+    by: Sequence[str] = ("condition", "seed"),
+) -> pd.DataFrame:
+    """Spearman correlation of each score column with ``against`` across the modules of one
+    adapter (one row per ``by`` group)."""
+    return pd.DataFrame(
+        {
+            key: d[list(columns)].corrwith(d[against], method="spearman")
+            for key, d in scores.groupby(list(by))
+        }
+    ).T
+
+
 def splora_select(
     scores: pd.DataFrame | pd.Series,
     *,
@@ -122,7 +165,7 @@ def splora_select(
 ) -> list[str]:
     """Modules to prune: exactly the ``k`` highest E-DIEM scores, or all with score >= threshold."""
     s = scores[column] if isinstance(scores, pd.DataFrame) else scores
-    return select_layers(s, k=k, threshold=threshold, side="high")
+    return select_modules(s, k=k, threshold=threshold, side="high")
 
 
 def released_number_selection(scores: pd.Series | Mapping[str, float], k: int) -> list[str]:

@@ -1,0 +1,1 @@
+"""Figures of the course notebooks, one module per notebook (matplotlib)."""

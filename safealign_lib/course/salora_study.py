@@ -1,0 +1,493 @@
+"""Notebook 03's study: SaLoRA next to plain LoRA on notebook 01's conditions and seeds.
+
+:class:`Comparison` trains and evaluates both methods alike (the profile's LoRA rank, targets
+and training settings, the same examples and seeds, one :class:`~safealign_lib.evaluation.
+Evaluator`), measures SaLoRA's invariance and runs the ablations. The other functions turn the
+method's analysis helpers (:mod:`safealign_lib.methods.salora`) into the notebook's tables and
+printed lines. Figures are in :mod:`safealign_lib.course.figures.salora`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from safealign_lib import data
+from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, train
+from safealign_lib.adapters.naming import block_and_module
+from safealign_lib.config import LoraSettings
+from safealign_lib.course.conditions import get_adapter, harmful_eval_prompts, training_examples
+from safealign_lib.course.profiles import Profile, get_profile
+from safealign_lib.evaluation import (
+    Evaluator,
+    fmt_mean_sd,
+    paired_differences,
+    seed_stats,
+    seed_table,
+)
+from safealign_lib.interp import activations, probes
+from safealign_lib.methods import salora
+from safealign_lib.methods.salora import LayerFeatures, SafetyModule
+from safealign_lib.models.chat import ChatExample
+from safealign_lib.models.loading import load_model
+
+METRICS = ["refusal_rate", "first_token_refusal_prob", "utility"]
+BY = ["condition", "method"]
+N_INVARIANCE = 16  # harmful prompts and task inputs each: the guarantee is for every x
+
+
+def lora_settings(profile: str, target_modules: Sequence[str] | None) -> LoraSettings | None:
+    """The named profile's LoRA settings on other ``target_modules``, for
+    ``notebook_setup(..., lora=...)``; ``None`` (keep the profile's) when none are given."""
+    if not target_modules:
+        return None
+    return replace(get_profile(profile).lora, target_modules=tuple(target_modules))
+
+
+def settings_line(profile: Profile) -> str:
+    """The fine-tuning settings that LoRA and SaLoRA share, in one line."""
+    lo, tr = profile.lora, profile.train
+    return (
+        f"LoRA r={lo.r} alpha={lo.alpha} on {list(lo.target_modules)}; {tr.steps} steps, "
+        f"lr {tr.lr}, batch {tr.batch_size} — the same for LoRA and SaLoRA"
+    )
+
+
+def _where(name: str) -> dict[str, object]:
+    layer, module = block_and_module(f"{name}.weight")
+    return {"layer": layer, "module": module}
+
+
+# --- section 2: the safety module ---------------------------------------------------------------
+
+
+def describe_features(feats: Mapping[str, LayerFeatures], examples: Sequence[ChatExample]) -> None:
+    """Print what was collected: the layers, one layer's X and W shapes, one example."""
+    f = next(iter(feats.values()))
+    print(
+        f"{len(feats)} target layers, e.g. {f.name}: X_h is {tuple(f.x.shape)} "
+        f"({f.n_tokens} response tokens x d_in={f.d_in}), W is {f.d_out} x {f.d_in}"
+    )
+    print("example:", examples[0].user, "->", examples[0].response)
+
+
+def rank_summary(spectra: Mapping[str, torch.Tensor], energies: Sequence[float]) -> pd.DataFrame:
+    """Per module type, the min and max over layers of the rank keeping each share of the
+    energy of W·X_h."""
+    rows = [
+        {
+            "module": _where(n)["module"],
+            **{f"rank for {e:.0%}": salora.energy_rank(S, e) for e in energies},
+        }
+        for n, S in spectra.items()
+    ]
+    return pd.DataFrame(rows).groupby("module").agg(["min", "max"])
+
+
+def describe_r_s(r_s: int, given: bool, energy: float, d_out: int) -> None:
+    """Print the chosen r_s, how it was chosen and the share of the output space C removes."""
+    how = "given" if given else f"max over layers of the rank keeping {energy:.0%} of the energy"
+    print(
+        f"r_s = {r_s} ({how}): C removes {r_s} of {d_out} output directions "
+        f"({r_s / d_out:.0%}) per layer"
+    )
+
+
+def removed_table(
+    model: PreTrainedModel,
+    safety: SafetyModule,
+    safety_feats: Mapping[str, LayerFeatures],
+    task_feats: Mapping[str, LayerFeatures],
+) -> pd.DataFrame:
+    """Per module type (mean over layers): the share of the safety and of the task outputs
+    that lies in U_C, next to a random r_s-dimensional subspace's expected share."""
+    inside = {
+        "safety outputs in U_C": salora.output_shares(model, safety, safety_feats),
+        "task outputs in U_C": salora.output_shares(model, safety, task_feats),
+    }
+    rows = [
+        {
+            "module": _where(n)["module"],
+            **{k: v[n] for k, v in inside.items()},
+            "random subspace": safety.r_s / f.d_out,
+        }
+        for n, f in safety_feats.items()
+    ]
+    return pd.DataFrame(rows).groupby("module").mean()
+
+
+def compare_with_module(
+    build_C: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    model: PreTrainedModel,
+    safety_feats: Mapping[str, LayerFeatures],
+    safety: SafetyModule,
+) -> None:
+    """Run a learner's ``build_C`` on the middle target layer and print how far its C is from
+    the library's module (which never forms C)."""
+    name = list(safety_feats)[len(safety_feats) // 2]
+    W = dict(model.named_modules())[name].weight.detach().float().cpu()
+    C = build_C(W, safety_feats[name].x, safety.r_s)
+    U = safety.layers[name].U.cpu()
+    print(
+        f"{name}: max |C·U_C| = {float((C @ U).abs().max()):.2e}, "
+        f"max |C − (I − U_C U_Cᵀ)| = {float((C - (torch.eye(len(U)) - U @ U.T)).abs().max()):.2e}"
+    )
+
+
+# --- sections 4 and 6: LoRA versus SaLoRA, ablations ----------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """LoRA and SaLoRA trained and evaluated alike.
+
+    ``chat`` is the original chat model (never trained: ablation modules are built on it),
+    ``safety_feats`` / ``task_feats`` its features X_h / X_t, ``r_t`` the task-subspace rank
+    of SaLoRA's initialisation. LoRA adapters come from notebook 01's cache (``retrain``
+    ignores it). The invariance is measured on ``invariance_inputs``: harmful prompts and task
+    inputs, since the guarantee holds for every input.
+    """
+
+    profile: Profile
+    tokenizer: PreTrainedTokenizerBase
+    evaluator: Evaluator
+    chat: PreTrainedModel
+    safety_feats: Mapping[str, LayerFeatures]
+    task_feats: Mapping[str, LayerFeatures]
+    r_t: int = 32
+    retrain: bool = False
+    invariance_inputs: list[ChatExample] = field(init=False)
+
+    def __post_init__(self) -> None:
+        harmful = harmful_eval_prompts("harmful10", self.profile)[:N_INVARIANCE]
+        self.invariance_inputs = harmful + list(self.evaluator.task)[:N_INVARIANCE]
+
+    def fresh_chat(self) -> PreTrainedModel:
+        """A new copy of the chat model (each fine-tune starts from one)."""
+        P = self.profile
+        return load_model(P.chat_model, dtype=P.dtype, device=P.device)
+
+    def evaluate(self, model: PreTrainedModel, condition: str) -> dict[str, float]:
+        """Refusal rate and first-token refusal probability on ``condition``'s harmful prompts,
+        utility (ROUGE-L) on the task set."""
+        return self.evaluator(model, harmful_eval_prompts(condition, self.profile)).summary
+
+    def train_lora(self, condition: str, seed: int) -> tuple[PeftModel, TrainResult]:
+        """A plain LoRA fine-tune of a fresh chat model (to time it next to SaLoRA)."""
+        P = self.profile
+        model = add_lora(self.fresh_chat(), P.lora, seed=seed)
+        examples = training_examples(condition, P, seed)
+        return model, train(model, self.tokenizer, examples, replace(P.train, seed=seed))
+
+    def train_salora(
+        self, safety: SafetyModule, condition: str, seed: int, **kw: str
+    ) -> tuple[PeftModel, TrainResult]:
+        """A SaLoRA fine-tune of a fresh chat model (``kw``: ``init`` / ``sign`` ablations)."""
+        P = self.profile
+        return salora.train_salora(
+            self.fresh_chat(),
+            self.tokenizer,
+            P.lora,
+            safety,
+            training_examples(condition, P, seed),
+            P.train,
+            seed=seed,
+            task_feats=self.task_feats,
+            r_t=self.r_t,
+            desc=f"SaLoRA {condition} seed {seed}",
+            **kw,
+        )
+
+    def invariance(self, model: PreTrainedModel, safety: SafetyModule) -> float:
+        """max |U_Cᵀ(y(x) − W x − b)| over the target layers and the invariance inputs."""
+        errors = salora.invariance_error(model, self.tokenizer, self.invariance_inputs, safety)
+        return max(errors.values())
+
+    def run(
+        self,
+        safety: SafetyModule,
+        conditions: Sequence[str],
+        seeds: Sequence[int],
+        done: Mapping[tuple[str, int], tuple[PeftModel, TrainResult]] | None = None,
+    ) -> tuple[pd.DataFrame, dict[tuple[str, int], float]]:
+        """Every (condition, seed): notebook 01's LoRA adapter and a SaLoRA fine-tune, both
+        evaluated; ``done`` holds SaLoRA runs already trained. Prints one line per pair.
+
+        Returns the runs (one row per method, condition and seed) and SaLoRA's invariance
+        error per (condition, seed).
+        """
+        done = done or {}
+        rows, inv_err = [], {}
+        for c in conditions:
+            for s in seeds:
+                path, _ = get_adapter(c, s, self.profile, self.tokenizer, retrain=self.retrain)
+                lora = load_adapter(self.fresh_chat(), path)
+                rows.append({"method": "LoRA", "condition": c, "seed": s, **self.evaluate(lora, c)})
+                pm, res = done[(c, s)] if (c, s) in done else self.train_salora(safety, c, s)
+                inv_err[(c, s)] = self.invariance(pm, safety)
+                rows.append(
+                    {
+                        "method": "SaLoRA",
+                        "condition": c,
+                        "seed": s,
+                        **self.evaluate(pm, c),
+                        "train_s": res.seconds,
+                    }
+                )
+                print(f"{c:10s} seed {s}: " + " | ".join(_scores(r) for r in rows[-2:]))
+        return pd.DataFrame(rows), inv_err
+
+    def ablations(
+        self,
+        safety: SafetyModule,
+        runs: pd.DataFrame,
+        invariance: Mapping[str, float],
+        condition: str,
+        seed: int,
+        sweep: Sequence[int] = (),
+    ) -> tuple[pd.DataFrame, dict[str, list[float]]]:
+        """The ablation table on one (condition, seed): LoRA and SaLoRA from ``runs`` with
+        their invariance errors ``invariance[method]``, then SaLoRA without the task
+        initialisation, with the wrong-sign C, and at each other r_s of ``sweep``.
+
+        Returns the table and the training losses of the two non-SaLoRA variants.
+        """
+
+        def ref(method: str) -> dict[str, float]:
+            pick = (runs.method == method) & (runs.condition == condition) & (runs.seed == seed)
+            return runs[pick].iloc[0][METRICS].to_dict()
+
+        rows = [
+            {"variant": "LoRA", "r_s": 0, **ref("LoRA"), "invariance_err": invariance["LoRA"]},
+            {
+                "variant": "SaLoRA",
+                "r_s": safety.r_s,
+                **ref("SaLoRA"),
+                "invariance_err": invariance["SaLoRA"],
+            },
+        ]
+        variants = [
+            ("no task init", safety.r_s, {"init": "standard"}),
+            ("wrong-sign C", safety.r_s, {"sign": "wrong"}),
+        ] + [("SaLoRA", r, {}) for r in sweep if r != safety.r_s]
+        modules, losses = {safety.r_s: safety}, {}
+        for variant, r, kw in variants:
+            if r not in modules:
+                modules[r] = salora.build_safety_module(self.chat, self.safety_feats, r_s=r)
+            pm, res = self.train_salora(modules[r], condition, seed, **kw)
+            if variant != "SaLoRA":
+                losses[variant] = res.losses
+            rows.append(
+                {
+                    "variant": variant,
+                    "r_s": r,
+                    **self.evaluate(pm, condition),
+                    "invariance_err": self.invariance(pm, modules[r]),
+                }
+            )
+        return pd.DataFrame(rows), losses
+
+
+def _scores(row: Mapping[str, object]) -> str:
+    return (
+        f"{row['method']}: refusal {row['refusal_rate']:.3f}, "
+        f"first-token {row['first_token_refusal_prob']:.3f}, utility {row['utility']:.3f}"
+    )
+
+
+def describe_training(
+    condition: str, seed: int, lora_res: TrainResult, salora_res: TrainResult
+) -> None:
+    """Print both runs' training time and trainable parameters."""
+    ratio = salora_res.seconds / lora_res.seconds
+    print(
+        f"{condition} seed {seed}: LoRA {lora_res.seconds:.1f} s, SaLoRA {salora_res.seconds:.1f} "
+        f"s (ratio {ratio:.2f}); trainable parameters LoRA {lora_res.n_trainable:,} vs SaLoRA "
+        f"{salora_res.n_trainable:,} of {lora_res.n_total:,} (C is a fixed buffer, not a "
+        "parameter)"
+    )
+
+
+def results_table(
+    runs: pd.DataFrame, reference: Mapping[str, float]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The 'mean ± sd' table per condition and method (plus the chat model's ``reference``
+    row) and the table of means; prints the SaLoRA − LoRA differences paired by seed."""
+    table = seed_table(runs, BY, METRICS, reference={"chat (before)": reference})
+    mean = seed_stats(runs, BY, METRICS).xs("mean", axis=1, level=1)
+    diffs = paired_differences(runs, "method", "SaLoRA", "LoRA", METRICS)
+    for c, sub in diffs.groupby("condition", sort=False):
+        print(
+            f"{c}: SaLoRA − LoRA (paired by seed): "
+            + ", ".join(f"{r.metric} {fmt_mean_sd(r['mean'], r.sd, 3)}" for _, r in sub.iterrows())
+        )
+    return table, mean
+
+
+def final_losses(curves: Mapping[str, Sequence[float]], last: int = 10) -> dict[str, float]:
+    """Mean training loss over the ``last`` steps of each curve."""
+    return {k: round(float(np.mean(v[-last:])), 3) for k, v in curves.items()}
+
+
+# --- section 5: the limit of the guarantee ----------------------------------------------------
+
+
+def drift_table(
+    models: Mapping[str, PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[ChatExample],
+    before: Mapping[str, LayerFeatures],
+) -> pd.DataFrame:
+    """One row per method and target layer: how far the layer's inputs on ``examples`` moved
+    from ``before`` (the original model's features), ‖X_after − X_before‖ / ‖X_before‖."""
+    targets = sorted({n.rsplit(".", 1)[-1] for n in before})
+    rows = []
+    for method, model in models.items():
+        after = salora.collect_layer_inputs(model, tokenizer, examples, targets)
+        for n, v in salora.feature_drift(before, after).items():
+            rows.append({"method": method, **_where(n), "drift": v})
+    return pd.DataFrame(rows)
+
+
+def drift_summary(drift: pd.DataFrame) -> pd.DataFrame:
+    """Print the drift of layer 0's q/k/v (they read the embeddings, which no adapter
+    touches) and return the mean drift per layer and method."""
+    first = drift[(drift.layer == 0) & (drift.module != "o_proj")].drift.abs().max()
+    print(f"layer 0 q/k/v read the embeddings, which no adapter touches: drift {first:.1e}")
+    return drift.pivot_table(index="layer", columns="method", values="drift")
+
+
+# --- section 7: probe transfer ----------------------------------------------------------------
+
+
+def probe_prompts(profile: Profile) -> list[ChatExample]:
+    """Held-out harmful then benign prompts (``n_eval`` each), labelled by ``meta["harmful"]``."""
+    return (
+        data.load_split("harmful_heldout")[: profile.n_eval]
+        + data.load_split("benign_heldout")[: profile.n_eval]
+    )
+
+
+def probe_transfer_table(
+    models: Mapping[str, PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[ChatExample],
+) -> pd.DataFrame:
+    """Per layer: probes fit on the first model's residual stream (the aligned one), their
+    accuracy on each other model's features (``acc_target``) and a probe refit on those
+    features (``acc_refit``). Notebook 02's protocol, SaLoRA §3.2."""
+    acts = {
+        k: activations.capture_activations(m, tokenizer, prompts, sites=["resid"], progress=False)
+        for k, m in models.items()
+    }
+    source, *targets = acts
+    split = probes.split_indices(acts[source].labels, seed=0)
+    refit = {
+        k: probes.probe_accuracy(acts[k], split=split, cv=0)[["layer", "acc_heldout"]].rename(
+            columns={"acc_heldout": "acc_refit"}
+        )
+        for k in targets
+    }
+    transfer = pd.concat(
+        [
+            probes.probe_transfer(acts[source], acts[k], split=split)
+            .assign(model=k)
+            .merge(refit[k], on="layer")
+            for k in targets
+        ]
+    )
+    pt = transfer.pivot_table(index="layer", columns="model", values=["acc_target", "acc_refit"])
+    pt.insert(0, ("acc_source", source), transfer.groupby("layer").acc_source.first())
+    return pt
+
+
+# --- section 9: the paper beside the miniature ------------------------------------------------
+
+
+def paper_table(
+    mean: pd.DataFrame,
+    chat_before: Mapping[str, float],
+    results: tuple[TrainResult, TrainResult],
+    safety: SafetyModule,
+    t_prep: float,
+    invariance_max: float,
+    condition: str = "harmful10",
+) -> pd.DataFrame:
+    """The paper's numbers (Llama-2-7b-chat, from a secondary source) next to this run's:
+    ``results`` are the (LoRA, SaLoRA) runs timed side by side, ``t_prep`` the seconds of
+    feature collection and SVD."""
+    lora_res, salora_res = results
+    m = mean.loc[condition]
+    d_out = next(iter(safety.layers.values())).U.shape[0]
+
+    def nr(v: float) -> str:  # non-refusal rate, the miniature's analogue of the harmful rate
+        return f"{1 - v:.0%}"
+
+    rows = [
+        [
+            "harmful rate: chat → LoRA → SaLoRA",
+            "0% → 23.7% → 3.5%",
+            f"{nr(chat_before['refusal_rate'])} → {nr(m.loc['LoRA', 'refusal_rate'])} → "
+            f"{nr(m.loc['SaLoRA', 'refusal_rate'])} ({condition})",
+        ],
+        [
+            "utility: LoRA vs SaLoRA",
+            "59.2 vs 62.9 (commonsense avg.)",
+            f"{m.loc['LoRA', 'utility']:.3f} vs {m.loc['SaLoRA', 'utility']:.3f} "
+            f"(ROUGE-L, {condition})",
+        ],
+        [
+            "training time SaLoRA / LoRA",
+            "2.98 h / 2.95 h = 1.01 (+0.12 h preprocessing)",
+            f"{salora_res.seconds / lora_res.seconds:.2f} (+{t_prep:.1f} s preprocessing)",
+        ],
+        [
+            "trainable parameters",
+            "16.8M, same as LoRA",
+            f"{salora_res.n_trainable:,}, same as LoRA ({lora_res.n_trainable:,})",
+        ],
+        [
+            "r_s / layer width",
+            "32 / 4096 (0.8%)",
+            f"{safety.r_s} / {d_out} ({safety.r_s / d_out:.0%})",
+        ],
+        [
+            "invariance U_Cᵀy = U_CᵀWx",
+            "by construction (not reported)",
+            f"max error {invariance_max:.1e}",
+        ],
+    ]
+    columns = ["quantity", "paper (Llama-2-7b-chat)", "miniature (organism)"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def headline(runs: pd.DataFrame, condition: str = "harmful10") -> None:
+    """Print this run's LoRA and SaLoRA means on ``condition``, the SaLoRA − LoRA differences
+    paired by seed, and whether the paper's headline (SaLoRA keeps clearly more refusals than
+    LoRA: a gain above 0.1 and above two standard errors) is reproduced."""
+    mean = seed_stats(runs, BY, METRICS).xs("mean", axis=1, level=1).loc[condition]
+    diffs = paired_differences(runs, "method", "SaLoRA", "LoRA", METRICS)
+    diffs = diffs[diffs.condition == condition].set_index("metric")
+    print(f"{condition}, mean over seeds: LoRA vs SaLoRA (SaLoRA − LoRA paired by seed)")
+    for m in METRICS:
+        d = diffs.loc[m]
+        print(
+            f"  {m:25s} {mean.loc['LoRA', m]:.2f} vs {mean.loc['SaLoRA', m]:.2f} "
+            f"({fmt_mean_sd(d['mean'], d.sd)})"
+        )
+    gain = diffs.loc["refusal_rate"]
+    verdict = (
+        "reproduced: SaLoRA keeps clearly more refusals than LoRA"
+        if gain["mean"] > 2 * gain.se and gain["mean"] > 0.1
+        else "NOT reproduced: SaLoRA's refusal rate is not clearly above LoRA's"
+    )
+    print(
+        f"{condition}, SaLoRA − LoRA refusal rate: {gain['mean']:+.3f} (standard error "
+        f"{gain.se:.3f}, {int(gain.n)} seeds) -> {verdict}"
+    )
