@@ -32,6 +32,10 @@ Vocabulary, used the same way in every module, notebook and document:
 - **profile**: the run settings (``cpu``, ``smoke``, ``gpu``).
 - **split**: a named list of course examples (``harmful_heldout``, ``task_test``, …).
 
+The papers say "layer" for blocks and modules alike. SaLoRA's API keeps its paper's word for
+its per-module objects (``LayerFeatures``, ``collect_layer_inputs``, ``SafetyLayer``: one per
+module); everywhere else a block is a block and a module a module.
+
 Shapes follow PyTorch and PEFT: a linear weight is (d_out, d_in), ``lora_A`` is (r, d_in),
 ``lora_B`` is (d_out, r), and a module's update is ΔW = s·B·A with s = lora_alpha / r.
 The methods' formulas and sources are in ``docs/methods.md``.

@@ -13,6 +13,7 @@ from safealign_lib.config import LoraSettings
 from safealign_lib.course import cli, metrics_io, runner, setup
 from safealign_lib.data import loaders
 from safealign_lib.evaluation.judges import CallableJudge, ExactJudge, KeywordJudge, Verdict
+from safealign_lib.methods import diem, salora
 
 
 def _write(path, text, encoding="utf-8"):
@@ -231,6 +232,32 @@ CASES = [
         ValueError,
         "Unknown profile",
     ),
+    (
+        "DIEM batches that do not broadcast",
+        lambda t, lm: diem.diem(torch.rand(3, 8), torch.rand(2, 8), 0.0, 1.0, null="closed_form"),
+        ValueError,
+        "do not broadcast",
+    ),
+    (
+        "E-DIEM with a null of one sample",
+        lambda t, lm: diem.ediem_empirical(torch.ones(3), torch.ones(3, 1)),
+        ValueError,
+        "S >= 2",
+    ),
+    (
+        "E-DIEM with one null per entry, wrong count",
+        lambda t, lm: diem.ediem_empirical(torch.ones(3), torch.rand(2, 5)),
+        ValueError,
+        "3 distances but 2 nulls",
+    ),
+    (
+        "SaLoRA r_s = -3",
+        lambda t, lm: salora.layer_output_subspace(
+            torch.eye(4), salora.LayerFeatures("l", 5, 4, 4, x=torch.rand(5, 4)), -3, what="r_s"
+        ),
+        ValueError,
+        "r_s must be a positive whole number",
+    ),
     ("LoRA rank 0", lambda t, lm: LoraSettings(r=0).to_peft(), ValueError, "rank r must be >= 1"),
 ]
 
@@ -327,3 +354,25 @@ def test_plain_papermill_run_with_a_misspelt_parameter_fails(tmp_path):
             progress_bar=False,
             kernel_name="python3",
         )
+
+
+def test_safe_lora_with_identical_base_and_chat_says_so(tmp_path, lora_lm, tiny_llama_factory):
+    from safealign_lib.methods import safelora
+
+    model, _ = lora_lm
+    tiny_llama_factory().save_pretrained(tmp_path / "same", safe_serialization=True)
+    with pytest.raises(ValueError, match="identical"):
+        safelora.compute_projections(model, tmp_path / "same", tmp_path / "same")
+
+
+def test_projected_or_pruned_adapter_never_replaces_its_input(tmp_path, lora_lm):
+    from safealign_lib.methods import safelora, splora
+
+    model, _ = lora_lm
+    finetune.save_adapter(model, tmp_path / "ad")
+    before = (tmp_path / "ad" / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="replace the trained adapter"):
+        splora.prune_adapter_dir(tmp_path / "ad", [], tmp_path / "ad")
+    with pytest.raises(ValueError, match="replace the trained adapter"):
+        safelora.project_adapter_dir(tmp_path / "ad", {}, [], tmp_path / "ad" / ".")
+    assert (tmp_path / "ad" / "adapter_model.safetensors").read_bytes() == before

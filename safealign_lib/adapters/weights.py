@@ -223,7 +223,14 @@ def difference_times(
 
 
 def checked_norm(sq: float, base: SafetensorsWeights, chat: SafetensorsWeights, name: str) -> float:
-    """sqrt(sq), or a clear error naming the checkpoint that holds NaN or inf."""
+    """sqrt(sq), or a clear error naming the checkpoint that holds NaN or inf, or saying that
+    the two checkpoints are identical for this weight (V = 0: no alignment subspace)."""
+    if sq == 0.0:
+        raise ValueError(
+            f"{name} is identical in {chat.path} and {base.path} (V = W_chat - W_base = 0), so "
+            "there is no alignment direction to project onto. Pass the aligned chat model and "
+            "the base model it was aligned from, not the same checkpoint twice."
+        )
     if math.isfinite(sq):
         return math.sqrt(sq)
     for w, which in ((chat, "chat"), (base, "base")):

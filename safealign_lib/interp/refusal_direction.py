@@ -19,7 +19,8 @@
 - :func:`direction_cosines` / :func:`cosine_matrix`: compare directions of two models.
 
 Layer ``l`` here means "the residual stream after block ``l``", the site ``resid`` of
-:mod:`safealign_lib.activations`; addition at layer ``l`` acts exactly where ``r_l`` was measured.
+:mod:`safealign_lib.interp.activations`; addition at layer ``l`` acts exactly where ``r_l``
+was measured.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ E-DIEM (SPLoRA) replaces the uniform null by an *empirical* one. Two variants li
   every input. Kept only to show that defect; never use it to choose layers.
 - :func:`ediem_empirical` is the course's reconstruction: ``(d - median(null)) / IQR(null)``
   against a real null (the distances of all layers, or of randomly rotated updates; see
-  :mod:`safealign_lib.splora`).
+  :mod:`safealign_lib.methods.splora`).
 """
 
 from __future__ import annotations
@@ -178,6 +178,13 @@ def diem(
             f"DIEM compares vectors of one dimension n (last axis); got shapes "
             f"{tuple(a.shape)} and {tuple(b.shape)}."
         )
+    try:
+        torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    except RuntimeError as err:
+        raise ValueError(
+            f"DIEM pairs vectors batch by batch; the batch shapes {tuple(a.shape[:-1])} and "
+            f"{tuple(b.shape[:-1])} do not broadcast. Give both the same number of vectors."
+        ) from err
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ValueError("DIEM inputs contain NaN or inf; clean the vectors first.")
     n = a.shape[-1]
@@ -321,6 +328,17 @@ def ediem_empirical(
     code's copies of the pair) is refused, since no score can be read against it.
     """
     d = torch.as_tensor(distance, dtype=torch.float64)
+    nulls = torch.as_tensor(null_distances)
+    if nulls.ndim not in (1, 2) or nulls.shape[-1] < 2:
+        raise ValueError(
+            f"null_distances must be (S,) or (L, S) with S >= 2 samples, got shape "
+            f"{tuple(nulls.shape)}."
+        )
+    if nulls.ndim == 2 and d.ndim >= 1 and d.shape[0] != nulls.shape[0]:
+        raise ValueError(
+            f"{d.shape[0]} distances but {nulls.shape[0]} nulls: with one null per entry, "
+            "give one row of null distances per distance."
+        )
     centre, spread = robust_centre_spread(null_distances)
     if (spread <= 0).any():
         raise ValueError(

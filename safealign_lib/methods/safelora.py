@@ -1,6 +1,6 @@
 """Safe LoRA (Hsu et al., NeurIPS 2024) with low-rank algebra, and the adapter glue it needs.
 
-Pipeline (every step also serves SPLoRA, :mod:`safealign_lib.splora`)::
+Pipeline (every step also serves SPLoRA, :mod:`safealign_lib.methods.splora`)::
 
     proj = compute_projections(adapter_dir, "data/organism/base", "data/organism/chat")
     df = safelora_scores(proj)                                # cosine per LoRA module
@@ -40,6 +40,7 @@ import torch
 from safealign_lib.adapters.lora_io import (
     LoraFactors,
     PathLike,
+    check_new_output,
     load_lora_factors,
     lora_state_key,
     read_adapter,
@@ -421,6 +422,8 @@ def project_adapter_dir(
     names: Iterable[str],
     out_dir: PathLike,
 ) -> Path:
-    """Read an adapter folder, project ``names`` (lora_B <- C lora_B) and save it to ``out_dir``."""
+    """Read an adapter folder, project ``names`` (lora_B <- C lora_B) and save it to ``out_dir``
+    (never the input folder: the trained adapter is kept)."""
+    check_new_output(out_dir, adapter_dir)
     config, state = read_adapter(adapter_dir)
     return write_adapter(out_dir, config, safelora_project(state, projections, names))

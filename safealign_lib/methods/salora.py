@@ -363,7 +363,9 @@ def layer_output_subspace(
             f"the weight is {d_out}x{d_in}."
         )
     limits = {"d_out": d_out, "d_in": d_in, "response tokens": feats.n_tokens}
-    if not 1 <= r <= min(limits.values()):
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"{what} must be a positive whole number of directions, got {r!r}.")
+    if r > min(limits.values()):
         detail = ", ".join(f"{k}={v}" for k, v in limits.items())
         raise ValueError(
             f"{what}={r} is larger than the rank W·X can have in layer {feats.name!r}: "

@@ -36,7 +36,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from safealign_lib.adapters.lora_io import LORA_KEY, PathLike, read_adapter, write_adapter
+from safealign_lib.adapters.lora_io import (
+    LORA_KEY,
+    PathLike,
+    check_new_output,
+    read_adapter,
+    write_adapter,
+)
 from safealign_lib.adapters.naming import inner_model, lora_modules
 from safealign_lib.methods.diem import ediem_empirical, ediem_released, robust_centre_spread
 from safealign_lib.methods.safelora import (
@@ -305,5 +311,7 @@ def prune_adapter(
 
 
 def prune_adapter_dir(adapter_dir: PathLike, names: Iterable[str], out_dir: PathLike) -> Path:
-    """Write a copy of an adapter folder without the modules ``names`` (peft format)."""
+    """Write a copy of an adapter folder without the modules ``names`` (peft format) to
+    ``out_dir`` (never the input folder: the trained adapter is kept)."""
+    check_new_output(out_dir, adapter_dir)
     return write_adapter(out_dir, *prune_adapter(*read_adapter(adapter_dir), names))
