@@ -37,6 +37,7 @@ def test_checks_fail_on_wrong_numbers_and_on_missing_keys():
         "chat_refusal_rate_harmful_heldout": 1.0,
         "base_refusal_rate_harmful_heldout": 0.05,
         "chat_answer_rate_benign_unseen_tasks": 0.95,
+        "base_harmful_rate_harmful_heldout": 1.0,
     }
     assert c.failed_checks(good, {}) == []
     bad = {**good, "base_refusal_rate_harmful_heldout": 0.9}

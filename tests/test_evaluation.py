@@ -47,7 +47,7 @@ def test_refusal_and_utility_eval_tables(tiny_lm):
         "response",
         "refused",
         "first_token_refusal_prob",
-        "empty",
+        "empty_answer",
     ]
     u = evaluation.utility_eval(
         model,

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import data
-from safealign_lib.evaluation import judges
+from safealign_lib.evaluation import Evaluator, judges
 from safealign_lib.models.chat import format_prompt
 
 Tables = Mapping[tuple[str, str], pd.DataFrame]
@@ -74,20 +74,22 @@ def splits_table(names: Sequence[str]) -> pd.DataFrame:
 
 
 def split_rates(tables: Tables) -> pd.DataFrame:
-    """Refusal rate and mean first-token refusal probability per split (rows) and model
-    (columns ``(metric, model)``), unrounded."""
+    """Refusal rate, mean first-token refusal probability, empty rate and (with the exact
+    judge's verdicts) harmful rate per split (rows) and model (columns ``(metric, model)``),
+    unrounded."""
     rows = [
         {
             "model": name,
             "split": split,
             "refusal_rate": df.refused.mean(),
             "first_token_refusal_prob": df.first_token_refusal_prob.mean(),
+            **Evaluator.rates(df),
         }
         for (name, split), df in tables.items()
     ]
-    return pd.DataFrame(rows).pivot(
-        index="split", columns="model", values=["refusal_rate", "first_token_refusal_prob"]
-    )
+    frame = pd.DataFrame(rows)
+    values = [c for c in frame.columns if c not in ("model", "split")]
+    return frame.pivot(index="split", columns="model", values=values)
 
 
 def first_token_histograms(
@@ -149,7 +151,7 @@ def organism_metrics(rates: pd.DataFrame, utility: float) -> dict[str, float]:
     def rate(model: str, split: str) -> float:
         return float(rates.loc[split, ("refusal_rate", model)])
 
-    return {
+    out = {
         "chat_refusal_rate_harmful_heldout": rate("chat", "harmful_heldout"),
         "chat_refusal_rate_harmful_unseen_tasks": rate("chat", "harmful_unseen"),
         "chat_answer_rate_benign_heldout": 1 - rate("chat", "benign_heldout"),
@@ -157,3 +159,8 @@ def organism_metrics(rates: pd.DataFrame, utility: float) -> dict[str, float]:
         "base_refusal_rate_harmful_heldout": rate("base", "harmful_heldout"),
         "chat_utility": float(utility),
     }
+    if "harmful_rate" in rates.columns.get_level_values(0):
+        # the exact judge's validation: the base model complies, so this is near 1
+        base = rates.loc["harmful_heldout", ("harmful_rate", "base")]
+        out["base_harmful_rate_harmful_heldout"] = float(base)
+    return out

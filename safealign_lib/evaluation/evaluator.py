@@ -6,7 +6,11 @@
     ev.refusal(model, prompts)                   # the per-prompt refusal table only
 
 ``from_profile`` reads ``judge``, ``max_new_tokens`` and ``eval_batch_size`` from any object that
-has them (a course profile, or your own settings).
+has them (a course profile, or your own settings). Every summary has ``empty_rate``, the share of
+answers with nothing but whitespace (the keyword refusal rate keeps its meaning and denominator:
+an empty answer is not a refusal). With ``exact=True`` — the organism's profiles, whose harmful
+compliance is always the redacted placeholder — each refusal table gets the exact judge's
+``verdict`` and the summary its ``harmful_rate`` (share of answers that complied).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from safealign_lib.evaluation.judges import Judge
+from safealign_lib.evaluation.judges import ExactJudge, Judge, Verdict
 from safealign_lib.evaluation.metrics import (
     first_token_refusal_prob,
     refusal_eval,
@@ -52,6 +56,7 @@ class Evaluator:
     batch_size: int = 64
     task: Sequence[ChatExample] = field(default_factory=list)
     with_entropy: bool = False
+    exact: bool = False
 
     @classmethod
     def from_profile(
@@ -62,7 +67,8 @@ class Evaluator:
         task: Sequence[ChatExample] = (),
         with_entropy: bool = False,
     ) -> Evaluator:
-        """An evaluator with a profile's judge, generation length and batch size."""
+        """An evaluator with a profile's judge, generation length and batch size; the exact judge
+        is on for profiles that run the organism (those that name no hub models)."""
         return cls(
             tokenizer,
             judge=profile.judge,
@@ -70,6 +76,7 @@ class Evaluator:
             batch_size=profile.eval_batch_size,
             task=list(task),
             with_entropy=with_entropy,
+            exact=not getattr(profile, "network", False),
         )
 
     def with_task(self, task: Sequence[ChatExample]) -> Evaluator:
@@ -98,11 +105,27 @@ class Evaluator:
         )
         if self.with_entropy:
             summary["auarc"] = auarc(tables["utility"].entropy, tables["utility"].rouge_l)
-        return EvalResult(summary, tables["refusal"], tables["utility"])
+        refusal = self._judged(tables["refusal"])
+        summary.update(self.rates(refusal))
+        return EvalResult(summary, refusal, tables["utility"])
+
+    def _judged(self, table: pd.DataFrame) -> pd.DataFrame:
+        if self.exact:
+            verdicts = ExactJudge().verdicts(list(table.prompt), list(table.response))
+            table["verdict"] = [v.value for v in verdicts]
+        return table
+
+    @staticmethod
+    def rates(refusal: pd.DataFrame) -> dict[str, float]:
+        """``empty_rate`` of a refusal table, and ``harmful_rate`` when it has verdicts."""
+        out = {"empty_rate": float(refusal["empty_answer"].mean())}
+        if "verdict" in refusal:
+            out["harmful_rate"] = float((refusal.verdict == Verdict.COMPLIED.value).mean())
+        return out
 
     def refusal(self, model: PreTrainedModel, prompts: Sequence[ChatExample]) -> pd.DataFrame:
         """One row per prompt: greedy answer, the judge's verdict, first-token refusal prob."""
-        return refusal_eval(
+        table = refusal_eval(
             model,
             self.tokenizer,
             prompts,
@@ -111,6 +134,7 @@ class Evaluator:
             self.batch_size,
             progress=False,
         )
+        return self._judged(table)
 
     def utility(
         self, model: PreTrainedModel, examples: Sequence[ChatExample] | None = None

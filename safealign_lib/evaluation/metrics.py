@@ -146,7 +146,7 @@ def refusal_eval(
     desc: str = "refusal",
 ) -> pd.DataFrame:
     """One row per prompt: the greedy answer, the judge's verdict and the first-token refusal
-    probability; ``empty`` marks answers with nothing but whitespace (a broken model, not a
+    probability; ``empty_answer`` marks answers with nothing but whitespace (a broken model, not a
     refusal: the keyword judge reads them as compliance, so they are flagged apart)."""
     check_prompts(prompts, "refusal_eval")
     j = get_judge(judge)
@@ -166,7 +166,7 @@ def refusal_eval(
             "response": gens.texts,
             "refused": j(users, gens.texts),
             "first_token_refusal_prob": first_token_refusal_prob(model, tokenizer, prompts),
-            "empty": [is_empty(t) for t in gens.texts],
+            "empty_answer": [is_empty(t) for t in gens.texts],
         }
     )
 

@@ -331,7 +331,7 @@ def ediem_empirical(
     nulls = torch.as_tensor(null_distances)
     if nulls.ndim not in (1, 2) or nulls.shape[-1] < 2:
         raise ValueError(
-            f"null_distances must be (S,) or (L, S) with S >= 2 samples, got shape "
+            f"null_distances must be (S,) or (L, S) with at least 2 samples (S >= 2), got shape "
             f"{tuple(nulls.shape)}."
         )
     if nulls.ndim == 2 and d.ndim >= 1 and d.shape[0] != nulls.shape[0]:
