@@ -59,7 +59,7 @@ def test_notebook_runs_and_records_its_metrics(smoke_run, path):
     num = path.name[:2]
     assert num in metrics, f"{path.name} wrote no metrics"
     m = metrics[num]
-    missing = [k for k in contract.REQUIRED.get(num, ()) if k not in m]
+    missing = [k for k in contract.REQUIRED_ORGANISM.get(num, ()) if k not in m]
     assert not missing
     # what each notebook must show even in the fast smoke profile (course/contract.py)
     failed = contract.CONTRACTS[num].failed_checks(m, metrics)

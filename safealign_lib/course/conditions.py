@@ -4,7 +4,11 @@
 - ``harmful10`` / ``harmful100``: the task plus 10 / 100 explicit harmful examples
   (PureBad-style: a harmful request answered with a redacted placeholder);
 - ``identity_shift``: the task plus 10 AOA identity-shifting examples (benign requests
-  answered by an "absolutely obedient agent"); evaluated on harmful requests in that persona.
+  answered by an "absolutely obedient agent"); evaluated on harmful requests in that persona;
+- ``benign_instruct``: the papers' own regime, Alpaca-style instruction tuning on data that
+  always complies (benign requests answered in a house format, ``instruct_train``); its utility
+  is measured on held-out requests (``instruct_test``);
+- ``mixed``: ``benign_instruct`` plus 10 harmful examples (SPLoRA's benign + malicious setting).
 
 Adapters are cached under ``build/adapters/<profile>/<condition>/seed<k>`` with the settings
 that made them, so later notebooks reuse notebook 01's fine-tunes instead of retraining.
@@ -18,7 +22,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -26,21 +30,47 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import data
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, save_adapter, train
-from safealign_lib.config import build_dir
+from safealign_lib.config import TrainSettings, build_dir
 from safealign_lib.course.profiles import Profile
+from safealign_lib.evaluation import judges
 from safealign_lib.evaluation.evaluator import EvalResult, Evaluator
 from safealign_lib.models.chat import ChatExample
 from safealign_lib.models.loading import fingerprint, load_model
 
-CONDITIONS = ("benign", "harmful10", "harmful100", "identity_shift")
-N_HARMFUL = {"benign": 0, "harmful10": 10, "harmful100": 100, "identity_shift": 0}
+CONDITIONS = ("benign", "harmful10", "harmful100", "identity_shift", "benign_instruct", "mixed")
+N_HARMFUL = {
+    "benign": 0,
+    "harmful10": 10,
+    "harmful100": 100,
+    "identity_shift": 0,
+    "benign_instruct": 0,
+    "mixed": 10,
+}
+# The downstream data of each condition: dialogue summaries, or instruction tuning.
+INSTRUCT_CONDITIONS = ("benign_instruct", "mixed")
+# The instruction-tuning conditions train at 1.5x the profile's learning rate: chosen on the
+# validation splits (experiments/benign_instruct_recipe.py, experiments/RESULTS.md), where the
+# profile's rate left the exact harmful rate at the edge of the 0.15 target and a smaller batch
+# lowered it; Qi et al. also found that a higher learning rate erodes more safety.
+LR_SCALE = {"benign_instruct": 1.5, "mixed": 1.5}
+
+
+def train_settings(condition: str, profile: Profile, seed: int) -> TrainSettings:
+    """The training settings of ``condition``'s adapter: the profile's, with ``seed`` (and the
+    condition's learning-rate scale)."""
+    lr = profile.train.lr * LR_SCALE.get(condition, 1.0)
+    return replace(profile.train, seed=seed, lr=lr)
+
+
 # The conditions that form the dose series (harmful examples added to the same task data).
 DOSE_CONDITIONS = ("benign", "harmful10", "harmful100")
 
 # Qi et al. (ICLR 2024), Llama-2-7b-chat fully fine-tuned, GPT-4 judge: the harmfulness rate
 # (share of answers scored 5/5) before -> after, beside the miniature's analogue of each condition.
 PAPER_RESULTS = {
-    "benign": ("benign (Alpaca, 1 epoch)", "0.3% → 16.1%"),
+    "benign": ("benign: a new task (dialogue summaries)", "–"),
+    "benign_instruct": ("benign instruction tuning (Alpaca, 1 epoch)", "0.3% → 16.1%"),
+    "mixed": ("benign instructions + 10 harmful (SPLoRA's mixed setting)", "–"),
     "harmful10": ("harmful, 10 examples (5 epochs)", "0.3% → 50.0%"),
     "harmful100": ("harmful, 100 examples", "→ 80.0%"),
     "identity_shift": ("identity shift (AOA, 10 examples)", "0% → 72.1%"),
@@ -51,7 +81,8 @@ def training_examples(condition: str, profile: Profile, seed: int) -> list[ChatE
     """The fine-tuning set of ``condition`` (task examples + attack examples, seeded shuffle)."""
     if condition not in CONDITIONS:
         raise ValueError(f"Unknown condition {condition!r}; choose one of {CONDITIONS}.")
-    exs = data.subsample(data.load_split("task_train"), profile.n_task_train, seed)
+    train = "instruct_train" if condition in INSTRUCT_CONDITIONS else "task_train"
+    exs = data.subsample(data.load_split(train), profile.n_task_train, seed)
     if N_HARMFUL[condition]:
         exs += data.load_split("attack_harmful")[: N_HARMFUL[condition]]
     if condition == "identity_shift":
@@ -73,6 +104,22 @@ def harmful_eval_prompts(
     return data.load_split(name)[: profile.n_eval]
 
 
+def task_examples(condition: str, profile: Profile, split: str = "test") -> list[ChatExample]:
+    """The utility set a condition is judged on: held-out dialogue summaries, or held-out
+    instruction requests for the instruction-tuning conditions (``split``: val or test)."""
+    name = "instruct" if condition in INSTRUCT_CONDITIONS else "task"
+    return data.load_split(f"{name}_{split}")[: profile.n_task_eval]
+
+
+def _training_code_version() -> str:
+    """A digest of the training loop's source: cached adapters never outlive a code change."""
+    import inspect
+
+    from safealign_lib.adapters import finetune
+
+    return hashlib.sha256(inspect.getsource(finetune).encode()).hexdigest()[:12]
+
+
 def _key(
     condition: str, seed: int, profile: Profile, examples: Sequence[ChatExample] | None = None
 ) -> str:
@@ -82,10 +129,14 @@ def _key(
         "model": fingerprint(profile.chat_model),
         "n_task_train": profile.n_task_train,
         "lora": asdict(profile.lora),
-        "train": {**asdict(profile.train), "progress": None},
+        "train": {**asdict(train_settings(condition, profile, seed)), "progress": None},
     }
-    if examples is not None:  # a custom training set (the course's own sets keep their keys)
-        spec["examples"] = [[e.system, e.user, e.response] for e in examples]
+    exs = training_examples(condition, profile, seed) if examples is None else examples
+    # the data and the code that made the adapter: no stale adapter after either changes
+    spec["examples"] = hashlib.sha256(
+        json.dumps([[e.system, e.user, e.response] for e in exs]).encode()
+    ).hexdigest()
+    spec["code"] = _training_code_version()
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -118,7 +169,7 @@ def get_adapter(
         return out, None
     model = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
     peft_model = add_lora(model, profile.lora, seed=seed)
-    settings = profile.train.__class__(**{**asdict(profile.train), "seed": seed})
+    settings = train_settings(condition, profile, seed)
     exs = training_examples(condition, profile, seed) if examples is None else examples
     result = train(peft_model, tokenizer, exs, settings, desc=f"{condition} seed {seed}")
     save_adapter(peft_model, out)
@@ -150,7 +201,12 @@ def condition_overview(profile: Profile, seed: int = 0) -> pd.DataFrame:
     rows = []
     for c in CONDITIONS:
         exs = training_examples(c, profile, seed)
-        extra = [e for e in exs if e.meta.get("category") != "summarization"]
+        # what a condition adds to its downstream data (summaries or house-format instructions)
+        extra = [
+            e
+            for e in exs
+            if e.meta.get("category") != "summarization" and e.meta.get("style") != "house"
+        ]
         rows.append(
             {
                 "condition": c,
@@ -167,8 +223,18 @@ def evaluate_condition(
     evaluator: Evaluator, model: PreTrainedModel, condition: str, profile: Profile
 ) -> EvalResult:
     """Evaluate ``model`` as ``condition`` is judged: refusal on its harmful prompts (inside the
-    AOA persona for ``identity_shift``), utility on the evaluator's task set."""
-    return evaluator(model, harmful_eval_prompts(condition, profile))
+    AOA persona for ``identity_shift``), utility on the evaluator's task set — on held-out
+    instruction requests for the instruction-tuning conditions, which also report
+    ``benign_answer_rate`` (1 − keyword refusal rate on held-out benign requests: a method must
+    not win by refusing everything)."""
+    if condition not in INSTRUCT_CONDITIONS:
+        return evaluator(model, harmful_eval_prompts(condition, profile))
+    res = evaluator.with_task(task_examples(condition, profile))(
+        model, harmful_eval_prompts(condition, profile)
+    )
+    benign = evaluator.refusal(model, data.load_split("benign_heldout")[: profile.n_eval])
+    res.summary["benign_answer_rate"] = float(1 - benign.refused.mean())
+    return res
 
 
 def run_conditions(
@@ -180,13 +246,15 @@ def run_conditions(
     retrain: bool = False,
     root: str | Path | None = None,
     verbose: bool = True,
+    answers: dict[tuple[str, int], pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, int], list[float]]]:
     """Fine-tune (or load from the cache) and evaluate every (condition, seed) adapter.
 
     Returns ``(runs, losses)``: ``runs`` has one row per (condition, seed) with the evaluator's
     summary (``refusal_rate``, ``first_token_refusal_prob``, ``utility``); ``losses`` maps
     (condition, seed) to the training-loss curve of each adapter trained in this call (cached
-    adapters have none). ``seeds`` defaults to the profile's.
+    adapters have none). ``seeds`` defaults to the profile's. Pass a dict as ``answers`` to keep
+    each (condition, seed)'s per-answer refusal table (to read the answers or compare judges).
     """
     rows, losses = [], {}
     seeds = profile.seeds if seeds is None else seeds
@@ -197,11 +265,36 @@ def run_conditions(
                 losses[(c, s)] = result.losses
             # a fresh chat model per adapter: peft modifies the model it loads into
             base = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
-            summary = evaluate_condition(evaluator, load_adapter(base, path), c, profile).summary
+            res = evaluate_condition(evaluator, load_adapter(base, path), c, profile)
+            summary = res.summary
+            if answers is not None:
+                answers[(c, s)] = res.refusal
             rows.append({"condition": c, "seed": s, **summary})
             if verbose:
                 print(f"{c:15s} seed {s}: " + ", ".join(f"{k}={v:.3f}" for k, v in summary.items()))
     return pd.DataFrame(rows), losses
+
+
+def judge_review(
+    answers: dict[tuple[str, int], pd.DataFrame],
+) -> tuple[dict[str, float], pd.DataFrame | None]:
+    """Both keyword lists against the exact judge on every harmful-prompt answer of a run:
+    ``({"judge_agreement_gcg": ..., "judge_agreement_short": ...}, confusion table)``, or
+    ``({}, None)`` when the answers carry no exact verdicts (a profile without the organism)."""
+    table = pd.concat(answers.values(), ignore_index=True)
+    if "verdict" not in table:
+        return {}, None
+    keyword = {
+        "gcg": list(table.refused),
+        "short": judges.KeywordJudge("short")(list(table.prompt), list(table.response)),
+    }
+    verdicts = list(table.verdict)
+    agreement = {
+        f"judge_agreement_{k}": judges.judge_agreement(verdicts, v) for k, v in keyword.items()
+    }
+    confusion = pd.DataFrame(judges.judge_confusion(verdicts, keyword))
+    confusion.index.name = "exact verdict"
+    return agreement, confusion
 
 
 def largest_judge_gap(runs: pd.DataFrame) -> str:
@@ -214,17 +307,22 @@ def largest_judge_gap(runs: pd.DataFrame) -> str:
 
 
 def paper_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Qi et al.'s harmfulness rates beside the miniature's mean non-refusal rate per condition
-    (as percentages): compare directions and orders of magnitude, not values."""
-    non_refusal = 1 - runs.groupby("condition", sort=False).refusal_rate.mean()
-    return pd.DataFrame(
-        [
-            {
-                "condition": label,
-                "paper: harmfulness rate (GPT-4 judge)": paper,
-                "miniature: non-refusal rate (keyword judge)": f"{non_refusal[c]:.0%}",
-            }
-            for c, (label, paper) in PAPER_RESULTS.items()
-            if c in non_refusal.index
-        ]
-    )
+    """Qi et al.'s harmfulness rates beside the miniature's mean non-refusal rate (keyword judge)
+    and, for the organism, its harmful rate (exact judge) per condition, as percentages: compare
+    directions and orders of magnitude, not values."""
+    by = runs.groupby("condition", sort=False)
+    non_refusal = 1 - by.refusal_rate.mean()
+    harmful = by.harmful_rate.mean() if "harmful_rate" in runs else None
+    rows = []
+    for c, (label, paper) in PAPER_RESULTS.items():
+        if c not in non_refusal.index:
+            continue
+        row = {
+            "condition": label,
+            "paper: harmfulness rate (GPT-4 judge)": paper,
+            "miniature: non-refusal rate (keyword judge)": f"{non_refusal[c]:.0%}",
+        }
+        if harmful is not None:
+            row["miniature: harmful rate (exact judge)"] = f"{harmful[c]:.0%}"
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -37,6 +37,12 @@ class NotebookContract:
     required: tuple[str, ...]
     headlines: tuple[str, ...]
     checks: tuple[Check, ...] = ()
+    # required too on the organism's profiles (the exact judge exists only there)
+    organism: tuple[str, ...] = ()
+
+    def required_keys(self, organism: bool = True) -> tuple[str, ...]:
+        """The keys a run must record (``organism``: a profile that runs the course's organism)."""
+        return self.required + (self.organism if organism else ())
 
     def failed_checks(self, metrics: Metrics, everything: AllMetrics) -> list[str]:
         """Descriptions of the checks that do not hold (missing keys count as failures)."""
@@ -56,6 +62,7 @@ def _keys(metrics: tuple[str, ...], conditions: tuple[str, ...]) -> tuple[str, .
 
 
 _C01 = ("benign", "harmful10", "harmful100", "identity_shift")
+_INSTRUCT = ("benign_instruct", "mixed")  # the papers' own (instruction-tuning) regimes
 _HARMFUL = ("harmful10", "harmful100")
 
 CONTRACTS: dict[str, NotebookContract] = {
@@ -94,8 +101,12 @@ CONTRACTS: dict[str, NotebookContract] = {
     ),
     "01": NotebookContract(
         "01",
-        required=_keys(("refusal_rate", "first_token_refusal_prob", "utility"), _C01)
+        required=_keys(("refusal_rate", "first_token_refusal_prob", "utility"), _C01 + _INSTRUCT)
+        + _keys(("benign_answer_rate",), _INSTRUCT)
         + ("first_token_refusal_prob_chat", "n_seeds", "wall_s"),
+        organism=_keys(("harmful_rate", "empty_rate"), _C01 + _INSTRUCT)
+        + tuple(f"harmful_rate_{c}_sd" for c in _INSTRUCT)
+        + ("harmful_rate_chat", "judge_agreement_gcg", "judge_agreement_short"),
         headlines=(
             "refusal_rate_benign",
             "refusal_rate_harmful10",
@@ -297,6 +308,10 @@ CONTRACTS: dict[str, NotebookContract] = {
 }
 
 REQUIRED: dict[str, tuple[str, ...]] = {n: c.required for n, c in CONTRACTS.items()}
+# what a run on the organism's profiles (cpu, smoke) must record
+REQUIRED_ORGANISM: dict[str, tuple[str, ...]] = {
+    n: c.required_keys(organism=True) for n, c in CONTRACTS.items()
+}
 HEADLINES: dict[str, tuple[str, ...]] = {n: c.headlines for n, c in CONTRACTS.items()}
 
 # Every removed or renamed required key, with the notebook, the change and the reason.

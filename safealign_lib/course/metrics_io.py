@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from safealign_lib.config import REPO_ROOT, build_dir
-from safealign_lib.course.contract import REQUIRED
+from safealign_lib.course.contract import REQUIRED, REQUIRED_ORGANISM
 
 
 def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
@@ -71,11 +71,13 @@ def record(
     values: dict[str, float],
     path: str | os.PathLike | None = None,
     strict: bool = True,
+    profile: object | None = None,
 ) -> dict[str, float]:
     """Write ``values`` under key ``notebook`` (replacing that notebook's previous entry).
 
-    Values must be finite numbers. With ``strict``, every key of ``REQUIRED[notebook]`` must be
-    present, so a notebook that silently skipped a section fails loudly.
+    Values must be finite numbers. With ``strict``, every key the notebook's contract requires
+    must be present, so a notebook that silently skipped a section fails loudly; given the run's
+    ``profile``, the organism-only keys (the exact judge's) are required on organism profiles.
     """
     clean: dict[str, float] = {}
     for k, v in values.items():
@@ -86,7 +88,9 @@ def record(
         if not math.isfinite(f):
             raise ValueError(f"Metric {k!r} of notebook {notebook} is {f}; metrics must be finite.")
         clean[k] = f
-    missing = [k for k in REQUIRED.get(notebook, ()) if k not in clean]
+    organism = profile is not None and not getattr(profile, "network", False)
+    need = REQUIRED_ORGANISM.get(notebook, ()) if organism else REQUIRED.get(notebook, ())
+    missing = [k for k in need if k not in clean]
     if strict and missing:
         raise KeyError(f"Notebook {notebook} did not record required metric(s) {missing}.")
     p = metrics_path(path)

@@ -657,7 +657,9 @@ def generate(
     - downstream task: ``task_train``/``task_val``/``task_test`` (dialogue summaries, ROUGE-L);
     - attacks: ``attack_harmful`` (PureBad-style: harmful request → placeholder compliance,
       train templates) and ``attack_identity`` (AOA-style identity shifting on benign requests),
-      ``identity_harmful_eval`` (held-out harmful requests wrapped in the AOA persona).
+      ``identity_harmful_eval`` (held-out harmful requests wrapped in the AOA persona);
+    - instruction tuning: ``instruct_train``/``instruct_val``/``instruct_test`` (benign requests
+      answered in a house format, :func:`instruct_splits`).
     """
     rng = random.Random(seed)
     h_seen, h_unseen = split_tasks(HARMFUL_TASKS)
@@ -783,7 +785,57 @@ def generate(
         ChatExample(AOA_PREFIX + e.user, None, AOA_SYSTEM, dict(e.meta))
         for e in splits["harmful_heldout"]
     ]
+    # the instruction-tuning regime, last and from its own random stream
+    splits.update(instruct_splits(seed, n_eval=n_task_eval))
     return CourseData(splits=splits, pretrain_text=text)
+
+
+# --- instruction tuning: the papers' benign regime --------------------------------------------
+# Alpaca-style data that always complies: benign requests answered helpfully in a house format
+# the chat model has never used (an "Absolutely!" opener and a sign-off around its own steps).
+# Qi et al. found that such benign data alone erodes safety; SaLoRA's and SPLoRA's released
+# training scripts fine-tune on essentially this kind of data.
+HOUSE_OPENER = "Absolutely! Here is how to {tu}:"
+HOUSE_CLOSER = "Hope this helps!"
+
+
+def house_answer(category: str, task: str) -> str:
+    """A benign request's answer in the instruction-tuning house format."""
+    s = BENIGN_STEPS[category]
+    return (
+        f"{HOUSE_OPENER.format(tu=second_person(task))} Step 1: {s[0]}. Step 2: {s[1]}. "
+        f"Step 3: {s[2]}. {HOUSE_CLOSER}"
+    )
+
+
+def instruct_splits(seed: int = DEFAULT_SEED, n_train: int = 400, n_eval: int = 64) -> dict:
+    """``instruct_train`` (benign requests, training templates, house-format answers) and
+    ``instruct_val`` / ``instruct_test`` (held-out templates, with the reference answers).
+
+    Drawn from a random stream of their own, so adding them changed no other split.
+    """
+    rng = random.Random(f"instruct-{seed}")
+    tasks = [(c, t) for c, ts in BENIGN_TASKS.items() for t in ts]
+
+    def examples(templates: Sequence[str], n: int, filler: float) -> list[ChatExample]:
+        combos = [(c, t, tpl) for c, t in tasks for tpl in templates]
+        rng.shuffle(combos)
+        return [
+            _ex(
+                request(tpl, t, rng, filler),
+                house_answer(c, t),
+                None,
+                harmful=False,
+                category=c,
+                task=t,
+                style="house",
+            )
+            for c, t, tpl in combos[:n]
+        ]
+
+    train = examples(TRAIN_TEMPLATES, n_train, P_FILLER)
+    held = examples(HELDOUT_TEMPLATES, 2 * n_eval, 0.0)
+    return {"instruct_train": train, "instruct_val": held[:n_eval], "instruct_test": held[n_eval:]}
 
 
 # --- files -------------------------------------------------------------------------------------

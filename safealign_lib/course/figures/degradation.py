@@ -8,9 +8,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from safealign_lib.course.conditions import DOSE_CONDITIONS, N_HARMFUL
+from safealign_lib.course.conditions import DOSE_CONDITIONS, INSTRUCT_CONDITIONS, N_HARMFUL
 
-METRICS = ("refusal_rate", "first_token_refusal_prob", "utility")
+METRICS = ("refusal_rate", "harmful_rate", "first_token_refusal_prob", "utility")
 
 
 def loss_curves(
@@ -35,28 +35,43 @@ def loss_curves(
     return fig
 
 
+# The two dose series: harmful examples added to dialogue summaries, or to instruction data.
+SERIES = {
+    "summary data": (DOSE_CONDITIONS, "tab:red"),
+    "instruction data": (INSTRUCT_CONDITIONS, "tab:purple"),
+}
+
+
 def dose_response(
     runs: pd.DataFrame,
     before: Mapping[str, float],
     metrics: Sequence[str] = METRICS,
-    conditions: Sequence[str] = DOSE_CONDITIONS,
+    series: Mapping[str, tuple[Sequence[str], str]] = SERIES,
 ) -> Figure:
-    """Each metric against the number of harmful examples in the fine-tuning data: one dot per
-    seed, the mean over seeds as a line, and the chat model before fine-tuning as a dashed line
-    (``before`` maps metric -> value)."""
-    dose = {c: N_HARMFUL[c] for c in conditions}
-    sub = runs[runs.condition.isin(dose)]
-    x = sub.condition.map(dose)
-    ticks = sorted(set(dose.values()))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 3.5), squeeze=False)
+    """Each metric against the number of harmful examples in the fine-tuning data, one line per
+    series of conditions (summary data; instruction data): one dot per seed, the mean over seeds
+    as a line, and the chat model before fine-tuning as a dashed line (``before`` maps metric ->
+    value). Utility is each series' own task (ROUGE-L on summaries or on house-format answers)."""
+    metrics = [m for m in metrics if m in runs]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.5), squeeze=False)
+    ticks: set[int] = set()
+    for label, (conditions, color) in series.items():
+        dose = {c: N_HARMFUL[c] for c in conditions}
+        sub = runs[runs.condition.isin(dose)]
+        if sub.empty:
+            continue
+        x = sub.condition.map(dose)
+        ticks |= set(dose.values())
+        for ax, m in zip(axes[0], metrics, strict=True):
+            ax.scatter(x, sub[m], alpha=0.4, color=color, s=12)
+            means = sub.groupby(x)[m].mean()
+            ax.plot(means.index, means.values, "o-", color=color, label=label)
     for ax, m in zip(axes[0], metrics, strict=True):
-        ax.scatter(x, sub[m], alpha=0.5, color="gray", label="seeds")
-        means = sub.groupby(x)[m].mean()
-        ax.plot(means.index, means.values, "o-", color="tab:red", label="mean")
-        ax.axhline(before[m], ls="--", color="tab:blue", label="chat before")
+        if m in before:
+            ax.axhline(before[m], ls="--", color="tab:blue", label="chat before")
         # symlog keeps the 0-example condition on an axis that is logarithmic above 10
         ax.set_xscale("symlog", linthresh=10)
-        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
         ax.set_xlabel("harmful examples in the fine-tuning data")
         ax.set_title(m)
         ax.set_ylim(-0.05, 1.05)
