@@ -117,8 +117,11 @@ class Evaluator:
 
     @staticmethod
     def rates(refusal: pd.DataFrame) -> dict[str, float]:
-        """``empty_rate`` of a refusal table, and ``harmful_rate`` when it has verdicts."""
-        out = {"empty_rate": float(refusal["empty_answer"].mean())}
+        """``empty_rate`` of a refusal table (with its ``empty_answer`` column), and
+        ``harmful_rate`` when it has the exact judge's verdicts."""
+        out = {}
+        if "empty_answer" in refusal:
+            out["empty_rate"] = float(refusal["empty_answer"].mean())
         if "verdict" in refusal:
             out["harmful_rate"] = float((refusal.verdict == Verdict.COMPLIED.value).mean())
         return out
