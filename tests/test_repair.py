@@ -152,6 +152,96 @@ def test_evaluate_chosen_reuses_lora_for_k0_and_restores():
     assert len(calls) == 2 and a.switch.calls[-1] == ("LoRA", ())
 
 
+def test_released_selection_prunes_all_but_k_minus_1_with_the_pruning_action():
+    sc, switch = _scores(), _FakeSwitch()
+    kept = set(NAMES) - set(repair.pick(sc, "SPLoRA released", 3))
+    assert kept == {NAMES[-2], NAMES[-1]}  # the k - 1 = 2 highest E-DIEM scores
+    repair.sweep_adapter(switch, sc, lambda m: {"n": len(m.names)}, ["SPLoRA released"], [3])
+    assert switch.calls[1] == ("SPLoRA", tuple(repair.pick(sc, "SPLoRA released", 3)))
+
+
+def test_choose_k_on_the_lowest_harmful_rate():
+    val = _val().assign(harmful_rate=lambda d: 1 - d.refusal_rate)
+    choice = repair.choose_k(
+        val, repair.METHODS, 0.05, ("harmful_rate", "utility"), "harmful_rate", True
+    )
+    assert choice.k_best == {"Safe LoRA": 1, "SPLoRA": 1}
+
+
+def test_random_k_same_size_same_action_seeded_and_averaged():
+    seen = []
+
+    def evaluate(model, condition):
+        seen.append((model.method, model.names))
+        return SimpleNamespace(summary={"harmful_rate": len(model.names) / 10})
+
+    a = _adapter()
+    k = {"Safe LoRA": 2, "SPLoRA released": 3, "SPLoRA": 0}
+    rows = repair.random_k({("c", 0): a}, evaluate, k, list(k), n_sets=4)
+    assert rows.method.tolist() == ["random Safe LoRA", "random SPLoRA released", "random SPLoRA"]
+    assert rows.harmful_rate.tolist() == pytest.approx([0.2, 0.6, 0.0])
+    assert len(seen) == 4 + 4 + 1  # k = 0: the adapter itself, once
+    assert {m for m, _ in seen[4:8]} == {"SPLoRA"} and len({n for _, n in seen[:4]}) > 1
+    again = []
+    repair.random_k(
+        {("c", 0): _adapter()},
+        lambda m, c: again.append(m.names) or SimpleNamespace(summary={"harmful_rate": 0.0}),
+        k,
+        list(k),
+        n_sets=4,
+    )
+    assert again == [n for _, n in seen]  # seeded
+    assert a.switch.calls[-1] == ("LoRA", ())
+
+
+def _regime(harm_sel, harm_rand, util=0.8):
+    rows = []
+    for c in ("x", "y"):
+        for s in (0, 1, 2):
+            e = 0.01 * s  # paired noise, so the standard errors are not 0
+            rows.append(
+                {
+                    "condition": c,
+                    "seed": s,
+                    "method": "LoRA",
+                    "harmful_rate": 0.5 + e,
+                    "utility": 0.8,
+                    "benign_answer_rate": 0.9,
+                }
+            )
+            rows.append(
+                {
+                    "condition": c,
+                    "seed": s,
+                    "method": "SPLoRA",
+                    "harmful_rate": harm_sel + 2 * e,
+                    "utility": util,
+                    "benign_answer_rate": 0.9,
+                }
+            )
+    test = pd.DataFrame(rows)
+    rand = test[test.method == "SPLoRA"].assign(method="random SPLoRA", harmful_rate=harm_rand)
+    return test, rand
+
+
+def test_criterion_verdicts_hold_fail_and_void():
+    crit = repair.Criterion(0.15, 2, 0.05)
+    assert "0.15" in str(crit)
+    test, rand = _regime(0.2, 0.45)
+    v = crit.verdicts(test, rand, ["SPLoRA"])
+    assert v.loc["SPLoRA", "verdict"] == 1 and v.loc["SPLoRA", "harm_vs_lora"] < 0
+    assert crit.verdicts(*_regime(0.2, 0.2), ["SPLoRA"]).verdict.item() == 0  # = random
+    assert crit.verdicts(*_regime(0.2, 0.45, util=0.7), ["SPLoRA"]).verdict.item() == 0
+    assert repair.Criterion(0.6, 2, 0.05).verdicts(test, rand, ["SPLoRA"]).verdict.item() == -1
+    m = repair.regime_metrics(test, rand, {"SPLoRA": 4}, v, repair.KEYS)
+    assert m["k_own_splora"] == 4 and m["verdict_splora"] == 1
+    assert m["harmful_rate_lora_x"] == pytest.approx(0.51)
+    assert m["harmful_rate_randomk_splora_y"] == pytest.approx(0.45)
+    assert {"harmful_rate_splora_x_sd", "utility_lora_y", "benign_answer_rate_splora_x"} <= set(m)
+    table = repair.regime_table(test, rand)
+    assert table.loc[("x", "random SPLoRA"), "harmful_rate"] == pytest.approx(0.45)
+
+
 def test_risk_coverage_table_stacks_every_adapter_and_method():
     u = pd.DataFrame({"entropy": [0.1, 0.5, 0.9, 0.3], "rouge_l": [1.0, 0.0, 0.0, 1.0]})
     rc = repair.risk_coverage_table({("c", 0, "LoRA"): u, ("c", 1, "LoRA"): u}, [0.0, 0.5])

@@ -183,3 +183,54 @@ def test_comparison_run_and_ablations(comparison, monkeypatch, tmp_path, tiny_ll
     assert set(losses) == {"no task init", "wrong-sign C"}
     wrong = table.set_index("variant").loc["wrong-sign C", "invariance_err"]
     assert wrong > 1e-4 and table.invariance_err.iloc[[2, 4]].max() <= 1e-4
+
+
+def test_comparison_task_features_follow_the_condition(comparison):
+    cmp, _ = comparison
+    cmp.n_feature_samples = 3
+    assert cmp.task_features("harmful10") is cmp.task_feats
+    instruct = cmp.task_features("benign_instruct")
+    assert instruct is not cmp.task_feats and set(instruct) == set(cmp.task_feats)
+    assert cmp.task_features("benign_instruct") is instruct  # collected once
+
+
+def _instruct_runs(lora_harm, salora_harm, seeds=(0, 1, 2), utility_gap=0.0) -> pd.DataFrame:
+    rows = []
+    for s in seeds:
+        for m, harm in (("LoRA", lora_harm), ("SaLoRA", salora_harm)):
+            rows.append(
+                {
+                    "method": m,
+                    "condition": "benign_instruct",
+                    "seed": s,
+                    "harmful_rate": harm + 0.01 * s,
+                    "utility": 0.8 + (utility_gap if m == "SaLoRA" else 0.0),
+                    "benign_answer_rate": 0.9,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_criterion_verdict(capsys):
+    crit = salora_study.Criterion(0.15, 0.5, 2.0, 0.05, 0.05)
+    assert "benign_instruct" in crit.describe() and ">= 0.15" in crit.describe()
+    assert crit.verdict(_instruct_runs(0.3, 0.05)) == 1
+    assert "verdict_salora = 1" in capsys.readouterr().out
+    assert crit.verdict(_instruct_runs(0.1, 0.0)) == -1  # LoRA too safe: void
+    assert crit.verdict(_instruct_runs(0.3, 0.2)) == 0  # not half of LoRA's
+    assert crit.verdict(_instruct_runs(0.3, 0.05, utility_gap=-0.1)) == 0  # utility lost
+    assert crit.verdict(_instruct_runs(0.3, 0.05, seeds=(0,))) == 0  # one seed: no SE
+    no_judge = _instruct_runs(0.3, 0.05).drop(columns="harmful_rate")
+    assert crit.verdict(no_judge) == -1
+
+
+def test_condition_metrics_keys():
+    runs = pd.concat([_runs().assign(harmful_rate=0.5), _instruct_runs(0.3, 0.05)])
+    out = salora_study.condition_metrics(runs, ["harmful10", "benign_instruct"])
+    assert out["harmful_rate_salora_benign_instruct"] == pytest.approx(0.06)
+    assert out["harmful_rate_lora_benign_instruct_sd"] == pytest.approx(0.01)
+    assert out["benign_answer_rate_lora_benign_instruct"] == pytest.approx(0.9)
+    assert "benign_answer_rate_lora_harmful10" not in out
+    assert "harmful_rate_lora_harmful100" not in out
+    assert out["utility_salora_harmful10"] == pytest.approx(0.7)
+    assert "first_token_refusal_prob_lora_harmful10" in out

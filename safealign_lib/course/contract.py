@@ -205,12 +205,35 @@ CONTRACTS: dict[str, NotebookContract] = {
             ),
             _HARMFUL,
         )
-        + ("invariance_max_abs_err", "train_time_ratio_salora_vs_lora", "n_seeds", "wall_s"),
+        + ("invariance_max_abs_err", "train_time_ratio_salora_vs_lora", "n_seeds", "wall_s")
+        # SaLoRA in its paper's regime: a benign instruction fine-tune
+        + _keys(
+            (
+                "refusal_rate_lora",
+                "refusal_rate_salora",
+                "utility_lora",
+                "utility_salora",
+                "first_token_refusal_prob_lora",
+                "first_token_refusal_prob_salora",
+                "benign_answer_rate_lora",
+                "benign_answer_rate_salora",
+            ),
+            ("benign_instruct",),
+        ),
         headlines=(
             "refusal_rate_lora_harmful10",
             "refusal_rate_salora_harmful10",
             "invariance_max_abs_err",
         ),
+        organism=_keys(
+            ("harmful_rate_lora", "harmful_rate_salora"), ("benign_instruct",) + _HARMFUL
+        )
+        + tuple(
+            f"harmful_rate_{m}_{c}_sd"
+            for c in ("benign_instruct",) + _HARMFUL
+            for m in ("lora", "salora")
+        )
+        + ("verdict_salora",),
         checks=(
             Check(
                 "the safety-subspace output is invariant",
@@ -284,7 +307,29 @@ CONTRACTS: dict[str, NotebookContract] = {
             ),
             _HARMFUL,
         )
-        + ("k_best", "latency_ratio_pruned_vs_full", "n_seeds", "wall_s"),
+        + ("k_best", "latency_ratio_pruned_vs_full", "n_seeds", "wall_s")
+        # the papers' own regimes: utility and benign answers of every selection
+        + _keys(
+            tuple(
+                f"{metric}_{m}"
+                for m in ("lora", "safelora", "splora", "splora_released")
+                for metric in ("utility", "benign_answer_rate")
+            ),
+            _INSTRUCT,
+        )
+        + ("k_own_safelora", "k_own_splora", "k_own_splora_released"),
+        organism=tuple(
+            f"harmful_rate_{m}_{c}{sd}"
+            for c in _INSTRUCT
+            for m in ("lora", "safelora", "splora", "splora_released")
+            for sd in ("", "_sd")
+        )
+        + tuple(
+            f"harmful_rate_randomk_{m}_{c}"
+            for c in _INSTRUCT
+            for m in ("safelora", "splora", "splora_released")
+        )
+        + ("verdict_safelora", "verdict_splora", "verdict_splora_released"),
         headlines=("refusal_rate_lora_harmful100", "refusal_rate_splora_harmful100", "k_best"),
         checks=(
             Check("averaged over seeds", lambda m, a: m["n_seeds"] >= 2),

@@ -33,10 +33,12 @@ from safealign_lib.adapters.finetune import load_adapter
 from safealign_lib.adapters.lora_io import PathLike
 from safealign_lib.adapters.naming import block_and_module
 from safealign_lib.evaluation.reliability import risk_coverage
+from safealign_lib.evaluation.tables import paired_differences
 from safealign_lib.methods.safelora import LayerProjection, compute_projections, select_modules
 from safealign_lib.methods.splora import (
     AdapterSwitch,
     prune_peft_model,
+    released_number_selection,
     splora_scores,
     splora_select,
 )
@@ -44,6 +46,17 @@ from safealign_lib.models.chat import ChatExample, collate, tokenize_example
 from safealign_lib.models.loading import load_model
 
 METHODS = ("Safe LoRA", "SPLoRA")
+# the selections compared in the papers' regime: SPLoRA as released prunes like SPLoRA, but
+# its number mode keeps k - 1 modules (:func:`~.splora.released_number_selection`)
+SELECTIONS = ("Safe LoRA", "SPLoRA", "SPLoRA released")
+# each method's spelling in metric keys
+KEYS = {
+    "LoRA": "lora",
+    "Safe LoRA": "safelora",
+    "SPLoRA": "splora",
+    "SPLoRA released": "splora_released",
+}
+ACTION = {"LoRA": "LoRA", "Safe LoRA": "Safe LoRA", "SPLoRA": "SPLoRA", "SPLoRA released": "SPLoRA"}
 
 # (method, score table) behind each priority: SPLoRA ranks by the rotation null unless the
 # layers null is named
@@ -56,14 +69,18 @@ PRIORITIES = {
 
 def pick(scores: pd.DataFrame, method: str, k: int) -> list[str]:
     """The ``k`` modules ``method`` acts on first: Safe LoRA's lowest cosines, SPLoRA's highest
-    E-DIEM scores (column ``ediem``); none for ``"LoRA"`` (the adapter unchanged)."""
+    E-DIEM scores (column ``ediem``); none for ``"LoRA"`` (the adapter unchanged). For
+    ``"SPLoRA released"`` the modules the released number mode prunes at ``k`` (all but the
+    k - 1 highest)."""
+    if method == "SPLoRA released":
+        return released_number_selection(scores["ediem"], k)
     if method == "Safe LoRA":
         return select_modules(scores["cosine"], k=k, side="low")
     if method == "SPLoRA":
         return splora_select(scores, k=k)
     if method == "LoRA":
         return []
-    raise ValueError(f"Unknown method {method!r}; choose 'LoRA', 'Safe LoRA' or 'SPLoRA'.")
+    raise ValueError(f"Unknown method {method!r}; choose 'LoRA', one of {SELECTIONS}.")
 
 
 @dataclass
@@ -169,7 +186,7 @@ def sweep_adapter(
     rows = [{"method": "LoRA", "k": 0, **evaluate(switch.apply())}]
     for method in methods:
         for k in ks:
-            model = switch.apply(method, pick(scores, method, k))
+            model = switch.apply(ACTION[method], pick(scores, method, k))
             rows.append({"method": method, "k": k, **evaluate(model)})
     switch.apply()
     return pd.DataFrame(rows)
@@ -238,6 +255,8 @@ def choose_k(
     methods: Sequence[str],
     tolerance: float,
     columns: Sequence[str] = ("refusal_rate", "utility", "auarc"),
+    target: str = "refusal_rate",
+    lower_is_better: bool = False,
 ) -> KChoice:
     """Choose k per method on the validation sweep (the table of :func:`sweep`).
 
@@ -245,7 +264,8 @@ def choose_k(
     utility is at most ``tolerance`` below LoRA's; ties go to the smaller k; k = 0 (no change)
     is always allowed. Means are over conditions and seeds: one k per method, as a deployed
     method would use one setting. ``columns`` are averaged into the table (they must include
-    ``refusal_rate`` and ``utility``).
+    ``target`` and ``utility``). ``target="harmful_rate", lower_is_better=True`` chooses the
+    lowest mean harmful rate instead of the highest refusal rate.
     """
     table = with_lora_baseline(val, methods).groupby(["method", "k"])[list(columns)].mean()
     lora_utility = val[val.method == "LoRA"].utility.mean()
@@ -254,7 +274,7 @@ def choose_k(
     k_best = {}
     for m in methods:
         ok = table.loc[m][table.loc[m].allowed].reset_index()
-        best = ok.sort_values(["refusal_rate", "k"], ascending=[False, True])
+        best = ok.sort_values([target, "k"], ascending=[lower_is_better, True])
         k_best[m] = int(best.k.iloc[0])
     return KChoice(table, k_best, float(lora_utility), tolerance)
 
@@ -274,7 +294,7 @@ def evaluate_chosen(
         for method in ("LoRA", *methods):
             k = k_best.get(method, 0)
             if method == "LoRA" or k > 0:
-                result = evaluate(a.switch.apply(method, pick(a.scores, method, k)), c)
+                result = evaluate(a.switch.apply(ACTION[method], pick(a.scores, method, k)), c)
                 summaries[(c, s, method)], utility[(c, s, method)] = result.summary, result.utility
             else:  # k = 0 changes nothing: the LoRA numbers
                 summaries[(c, s, method)] = summaries[(c, s, "LoRA")]
@@ -287,6 +307,129 @@ def evaluate_chosen(
         ]
     )
     return test, utility
+
+
+def random_k(
+    adapters: Mapping[tuple[str, int], RepairAdapter],
+    evaluate: Callable[[torch.nn.Module, str], Any],
+    k_best: Mapping[str, int],
+    methods: Sequence[str],
+    n_sets: int,
+) -> pd.DataFrame:
+    """The random baseline of each method at its chosen k: per adapter, ``n_sets`` random module
+    sets (seeded by the adapter's seed and the set's number) of the size the method acts on,
+    given the method's action (project or prune), judged by ``evaluate(model, condition)``.
+    One row per condition, seed and method (``"random <method>"``): the mean over the sets."""
+    rows = []
+    for (c, s), a in adapters.items():
+        names = list(a.scores.index)
+        for m in methods:
+            size = len(pick(a.scores, m, k_best[m])) if k_best[m] > 0 else 0
+            for j in range(n_sets if size else 1):  # k = 0: every "set" is the adapter itself
+                chosen = np.random.default_rng([s, j]).choice(names, size, replace=False)
+                result = evaluate(a.switch.apply(ACTION[m], list(chosen)), c)
+                rows.append({"condition": c, "seed": s, "method": f"random {m}", **result.summary})
+        a.switch.apply()
+    rows = pd.DataFrame(rows)
+    return (
+        rows.groupby(["condition", "seed", "method"], sort=False)
+        .mean(numeric_only=True)
+        .reset_index()
+    )
+
+
+def regime_table(test: pd.DataFrame, randomk: pd.DataFrame) -> pd.DataFrame:
+    """Mean harmful rate, utility and benign answer rate over seeds per condition and method,
+    for :func:`evaluate_chosen`'s and :func:`random_k`'s tables together."""
+    cols = ["harmful_rate", "utility", "benign_answer_rate"]
+    return pd.concat([test, randomk]).groupby(["condition", "method"], sort=False)[cols].mean()
+
+
+@dataclass
+class Criterion:
+    """The pre-declared success criterion of a selection at its chosen k (test splits): LoRA's
+    mean harmful rate at least ``min_lora_harmful`` (else void); the selection's harmful rate
+    below LoRA's and below random-k's, each by at least ``n_se`` standard errors of the paired
+    difference (pairs: condition and seed); mean utility and benign answer rate within
+    ``tolerance`` of LoRA's."""
+
+    min_lora_harmful: float
+    n_se: float
+    tolerance: float
+
+    def __str__(self) -> str:
+        return (
+            f"criterion per selection (test, at its chosen k): void (-1) unless LoRA's harmful "
+            f"rate >= {self.min_lora_harmful}; holds (1) if its harmful rate is below LoRA's and "
+            f"below random-k's by >= {self.n_se} SE of the paired difference each, and its "
+            f"utility and benign answer rate are within {self.tolerance} of LoRA's; else 0"
+        )
+
+    def verdicts(
+        self, test: pd.DataFrame, randomk: pd.DataFrame, methods: Sequence[str]
+    ) -> pd.DataFrame:
+        """One row per method of ``test`` (:func:`evaluate_chosen`) and ``randomk``
+        (:func:`random_k`): the evidence (paired mean differences and their SEs) and
+        ``verdict`` (1 holds, 0 fails, -1 void)."""
+        runs = pd.concat([test, randomk], ignore_index=True)
+        runs = runs.assign(pool="all", unit=runs.condition + "/" + runs.seed.astype(str))
+        lora_harm = float(test[test.method == "LoRA"].harmful_rate.mean())
+        metrics = ["harmful_rate", "utility", "benign_answer_rate"]
+        rows = []
+        for m in methods:
+            d = {
+                ctrl: paired_differences(
+                    runs, "method", m, ctrl, metrics, ("pool",), "unit"
+                ).set_index("metric")
+                for ctrl in ("LoRA", f"random {m}")
+            }
+            lo, ra = d["LoRA"], d[f"random {m}"]
+            beats = [
+                x.loc["harmful_rate", "mean"] < 0
+                and -x.loc["harmful_rate", "mean"] >= self.n_se * x.loc["harmful_rate", "se"]
+                for x in (lo, ra)
+            ]
+            keeps = [abs(lo.loc[q, "mean"]) <= self.tolerance for q in metrics[1:]]
+            ok = int(all(beats) and all(keeps))
+            rows.append(
+                {
+                    "method": m,
+                    "lora_harmful_rate": lora_harm,
+                    "harm_vs_lora": lo.loc["harmful_rate", "mean"],
+                    "se_vs_lora": lo.loc["harmful_rate", "se"],
+                    "harm_vs_randomk": ra.loc["harmful_rate", "mean"],
+                    "se_vs_randomk": ra.loc["harmful_rate", "se"],
+                    "utility_vs_lora": lo.loc["utility", "mean"],
+                    "benign_answer_vs_lora": lo.loc["benign_answer_rate", "mean"],
+                    "verdict": ok if lora_harm >= self.min_lora_harmful else -1,
+                }
+            )
+        return pd.DataFrame(rows).set_index("method")
+
+
+def regime_metrics(
+    test: pd.DataFrame,
+    randomk: pd.DataFrame,
+    k_best: Mapping[str, int],
+    verdicts: pd.DataFrame,
+    key: Mapping[str, str],
+) -> dict[str, float]:
+    """The metric keys of the regime comparison: per method ``m`` (spelled by ``key``) and
+    condition ``c``, ``harmful_rate_<m>_<c>`` (mean over seeds) and its ``_sd``,
+    ``utility_<m>_<c>``, ``benign_answer_rate_<m>_<c>``; per method other than LoRA
+    ``harmful_rate_randomk_<m>_<c>``, ``k_own_<m>`` and ``verdict_<m>``."""
+    cols = ["harmful_rate", "utility", "benign_answer_rate"]
+    out: dict[str, float] = {}
+    for (m, c), g in test.groupby(["method", "condition"], sort=False):
+        out |= {f"{q}_{key[m]}_{c}": float(g[q].mean()) for q in cols}
+        out[f"harmful_rate_{key[m]}_{c}_sd"] = float(g.harmful_rate.std())
+    for (m, c), g in randomk.groupby(["method", "condition"], sort=False):
+        out[f"harmful_rate_randomk_{key[m.removeprefix('random ')]}_{c}"] = float(
+            g.harmful_rate.mean()
+        )
+    for m, v in verdicts.verdict.items():
+        out[f"k_own_{key[m]}"], out[f"verdict_{key[m]}"] = k_best[m], int(v)
+    return out
 
 
 def risk_coverage_table(
