@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup course test test-fast lint format organism data bench strip clean
+.PHONY: setup course exercises test test-fast lint format organism data bench strip clean regress baseline readme
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,20 @@ setup: $(STAMP)
 course: setup
 	$(BIN)/safealign course --profile $(PROFILE)
 
-LINTED := safealign_lib tests bench experiments notebooks
-NOTEBOOKS := notebooks/[0-9][0-9]_*.ipynb
+## Compare build/metrics.json with baselines/$(PROFILE).json (exit 1 when a metric moved)
+regress: setup
+	$(BIN)/safealign course regress --baseline baselines/$(PROFILE).json
+
+## Rewrite baselines/$(PROFILE).json from build/metrics.json (after an intended change)
+baseline: setup
+	$(BIN)/safealign course regress --baseline baselines/$(PROFILE).json --update --profile $(PROFILE)
+
+LINTED := safealign_lib tests bench experiments notebooks exercises
+NOTEBOOKS := notebooks/[0-9][0-9]_*.ipynb exercises/[0-9][0-9]_*.ipynb
+
+## Regenerate the workshop's exercise notebooks (exercises/) from the solution notebooks
+exercises: setup
+	$(BIN)/safealign course exercises
 
 ## Lint, format check, stripped notebooks, unit tests + every notebook in the smoke profile
 test: lint
@@ -52,6 +64,10 @@ bench: setup
 	$(BIN)/python bench/bench_course.py
 	$(BIN)/python bench/bench_salora.py
 	$(BIN)/python bench/bench_lowrank_scoring.py
+
+## Rewrite the README's results block from baselines/cpu.json (after `make baseline PROFILE=cpu`)
+readme: setup
+	$(BIN)/python -m safealign_lib.course.synthesis --readme README.md --baseline baselines/cpu.json
 
 ## Strip outputs from the committed notebooks
 strip: setup

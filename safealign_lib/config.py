@@ -107,3 +107,6 @@ class TrainSettings:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     progress: bool = True
+    # "response": loss on the answer tokens only (the course); "all": on every token after the
+    # first, prompt included (SaLoRA's released training script)
+    loss_on: str = "response"

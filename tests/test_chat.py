@@ -24,6 +24,14 @@ def test_labels_cover_only_the_response(tiny_tokenizer):
     )
 
 
+def test_loss_on_all_tokens_masks_only_the_first(tiny_tokenizer):
+    ex = ChatExample("How do I bake bread?", "Sure, here is how.")
+    f = tokenize_example(tiny_tokenizer, ex, loss_on="all")
+    assert f["labels"][0] == IGNORE_INDEX and f["labels"][1:] == f["input_ids"][1:]
+    with pytest.raises(ValueError, match="loss_on"):
+        tokenize_example(tiny_tokenizer, ex, loss_on="prompt")
+
+
 def test_errors(tiny_tokenizer):
     with pytest.raises(ValueError, match="no response"):
         tokenize_example(tiny_tokenizer, ChatExample("hi"))

@@ -9,7 +9,7 @@ from safealign_lib.course import metrics_io, profiles
 def test_profiles_resolve_and_validate():
     assert profiles.validate(profiles.get_profile("cpu")) == []
     gpu = profiles.get_profile("gpu")
-    assert gpu.network and gpu.device == "cuda" and gpu.dtype == "bfloat16"
+    assert gpu.network and gpu.device == "cuda" and gpu.dtype == "float16"
     assert profiles.validate(gpu) == []
     bad = gpu.with_overrides(device="cpu", chat_model="/abs/path")
     assert len(profiles.validate(bad)) == 2

@@ -192,6 +192,13 @@ def test_random_k_same_size_same_action_seeded_and_averaged():
     )
     assert again == [n for _, n in seen]  # seeded
     assert a.switch.calls[-1] == ("LoRA", ())
+    # given LoRA's test rows, k = 0 reuses them instead of evaluating the adapter again
+    lora = pd.DataFrame(
+        [{"condition": "c", "seed": 0, "method": "LoRA", "k": 0, "harmful_rate": 0.7}]
+    )
+    seen.clear()
+    rows = repair.random_k({("c", 0): _adapter()}, evaluate, k, list(k), n_sets=4, lora=lora)
+    assert len(seen) == 4 + 4 and rows.harmful_rate.tolist() == pytest.approx([0.2, 0.6, 0.7])
 
 
 def _regime(harm_sel, harm_rand, util=0.8):

@@ -86,6 +86,18 @@ def test_collect_keeps_response_tokens_only_and_is_batch_invariant(tiny_lm):
     )
 
 
+def test_prompt_positions_add_the_tokens_before_each_answer(tiny_lm):
+    model, tok = tiny_lm
+    base = collect_layer_inputs(model, tok, SAFETY, TARGETS, batch_size=2)
+    wide = collect_layer_inputs(model, tok, SAFETY, TARGETS, batch_size=2, prompt_positions=3)
+    name = "model.layers.0.self_attn.q_proj"
+    assert wide[name].n_tokens == base[name].n_tokens + 3 * len(SAFETY)
+    # the answer tokens' rows are still there (prompt rows come first in each example)
+    assert torch.isin(base[name].x[:, 0], wide[name].x[:, 0]).all()
+    with pytest.raises(ValueError, match="prompt_positions"):
+        collect_layer_inputs(model, tok, SAFETY, TARGETS, prompt_positions=-1)
+
+
 def test_gram_store_equals_gram_of_features(tiny_lm):
     model, tok = tiny_lm
     feats = collect_layer_inputs(model, tok, SAFETY, TARGETS)

@@ -234,3 +234,81 @@ def test_condition_metrics_keys():
     assert "harmful_rate_lora_harmful100" not in out
     assert out["utility_salora_harmful10"] == pytest.approx(0.7)
     assert "first_token_refusal_prob_lora_harmful10" in out
+
+
+def test_regime_settings_change_only_what_they_name(comparison):
+    cmp, _ = comparison
+    lora, st = cmp.settings("harmful10", 0)
+    assert lora == LORA and st.loss_on == "response"
+    ref = salora_study.Regime(scale_one=True, lr_divisor=4, loss_on="all")
+    lora_r, st_r = cmp.settings("harmful10", 0, ref)
+    assert lora_r.alpha == lora_r.r == LORA.r and lora_r.target_modules == LORA.target_modules
+    assert st_r.lr == pytest.approx(st.lr / 4) and st_r.loss_on == "all"
+    assert st_r.steps == st.steps and st_r.seed == st.seed
+    lora_q, st_q = cmp.settings("harmful10", 0, salora_study.Regime(targets=("q_proj",)))
+    assert lora_q.target_modules == ("q_proj",) and lora_q.alpha == LORA.alpha and st_q == st
+
+
+def test_regime_ablations_table_models_and_metrics(
+    comparison, monkeypatch, tmp_path, tiny_llama_factory
+):
+    cmp, module = comparison
+    save_adapter(add_lora(tiny_llama_factory(), LORA), tmp_path / "lora")
+    monkeypatch.setattr(salora_study, "get_adapter", lambda *a, **k: (tmp_path / "lora", None))
+    scores = {**SCORES, "harmful_rate": 0.25, "benign_answer_rate": 1.0}
+    monkeypatch.setattr(salora_study.Comparison, "evaluate", lambda self, m, c: dict(scores))
+    c = "benign_instruct"
+    runs, _ = cmp.run(module, [c], [0, 1], keep=[(c, 0)])
+    assert set(cmp.kept) == {(c, 0, "LoRA"), (c, 0, "SaLoRA")}
+    ref = salora_study.Regime(scale_one=True, lr_divisor=2, loss_on="all")
+    table, models = cmp.regime_ablations(module, module, runs, c, [0, 1], ref)
+    n = table.groupby("variant", sort=False).seed.nunique()
+    assert n["SaLoRA, decision-token X_h"] == 2 and n["LoRA, reference regime"] == 1
+    assert set(models) == {"LoRA", "SaLoRA", *salora_study.VARIANT_SLUGS}
+    summary = salora_study.regime_summary(table)
+    assert list(summary.index)[:2] == ["LoRA", "SaLoRA"] and summary.seeds.iloc[0] == 2
+    out = salora_study.regime_metrics(table, c)
+    assert out["harmful_rate_salora_decision_benign_instruct_sd"] == 0.0
+    assert "harmful_rate_lora_qv_benign_instruct_sd" not in out  # one seed: no sd recorded
+    assert len(out) == 2 * len(salora_study.VARIANT_SLUGS) + 1
+    depth = pd.DataFrame(
+        {
+            "model": ["LoRA"] * 3,
+            "position": [0, 1, 2],
+            "kl": [2.0, 1.0, 0.0],
+            "token_prob_reference": [0.9, 0.9, 0.9],
+            "token_prob_model": [0.1, 0.8, 0.9],
+        }
+    )
+    text = salora_study.why_reading(table, depth)
+    assert "no reduction beyond 2 standard errors" in text
+    assert "LoRA itself stays below 0.15" not in text  # the fake LoRA's harmful rate is 0.25
+    assert "KL 2.00 at the first answer token, 0.50 on average over the next 2 (4.0x)" in text
+    diffs = salora_study.decision_differences(table)
+    assert (diffs["mean"] == 0).all() and list(diffs.vs.unique()) == [
+        "decision-token − LoRA",
+        "decision-token − SaLoRA",
+    ]
+
+
+def test_decision_module_widens_x_h(comparison):
+    cmp, module = comparison
+    wide = cmp.decision_module(SAFETY, 2, r_s=4)
+    assert set(wide.layers) == set(module.layers) and wide.r_s == 4
+    name = next(iter(module.layers))
+    assert not torch.allclose(wide.layers[name].U.abs(), module.layers[name].U.abs())
+
+
+def test_depth_table_summary_and_metrics(comparison):
+    cmp, module = comparison
+    lora, _ = cmp.train_lora("harmful10", 0)
+    models = {"LoRA": lora, "SaLoRA": cmp.chat, "unused": None}
+    depth = cmp.depth(models, "harmful10", n_positions=3, names=("LoRA", "SaLoRA"))
+    assert list(depth.model.unique()) == ["LoRA", "SaLoRA"] and len(depth) == 6
+    assert (depth[depth.model == "SaLoRA"].kl.abs() < 1e-6).all()  # the chat model itself
+    summary = salora_study.depth_summary(depth)
+    assert summary.shape == (2, 3)
+    out = salora_study.depth_metrics(depth, "harmful10")
+    assert set(out) == {
+        f"kl_{w}_{m}_harmful10" for w in ("first_token", "later_tokens") for m in ("lora", "salora")
+    }

@@ -79,7 +79,8 @@ def train(
     settings: TrainSettings,
     desc: str = "fine-tune",
 ) -> TrainResult:
-    """Train the parameters of ``model`` that require grad on ``examples`` (response-only loss).
+    """Train the parameters of ``model`` that require grad on ``examples`` (loss on the answer
+    tokens, or on all tokens with ``settings.loss_on="all"``).
 
     Batches are drawn by a seeded shuffle, cycling through the data as often as ``steps``
     needs; the same seed on the same machine gives the same weights.
@@ -92,7 +93,9 @@ def train(
     if not params:
         raise ValueError("The model has no trainable parameters; add adapters first (add_lora).")
     seed_everything(settings.seed)
-    feats = [tokenize_example(tokenizer, ex, settings.max_length) for ex in examples]
+    feats = [
+        tokenize_example(tokenizer, ex, settings.max_length, settings.loss_on) for ex in examples
+    ]
     pad_id = padding_id(tokenizer)
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)

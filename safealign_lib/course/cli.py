@@ -4,6 +4,9 @@ safealign data build [--force]     # data/splits/*.jsonl + pretrain.txt
 safealign organism build [--force] # data splits + data/organism/{base,chat} (about 100 s)
 safealign organism build --quick  # a 2-layer test build into build/organism-quick
 safealign course [--profile cpu] [--only 00 01]
+safealign course run [--profile smoke] [00 03] [-p seeds "[0, 1]"] [--params F.yaml] [--output DIR]
+safealign course regress --baseline baselines/smoke.json [--metrics FILE] [--update]
+safealign course exercises [--output DIR] [--force]  # exercises/ from the notebooks
 safealign metrics                 # print build/metrics.json
 safealign profile check gpu       # validate a profile without loading a model
 """
@@ -17,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from safealign_lib import config, data
-from safealign_lib.course import metrics_io, profiles, runner
+from safealign_lib.course import metrics_io, profiles, regress, runner, workshop
 from safealign_lib.models import organism
 
 
@@ -69,6 +72,52 @@ def _course(args: argparse.Namespace) -> int:
         print(f"FAILED: {err}", file=sys.stderr)
         return 1
     print(runner.summary_table(records, metrics_file))
+    return 0
+
+
+def _course_run(args: argparse.Namespace) -> int:
+    out = Path(args.output) if args.output else config.build_dir()
+    params = runner.parse_params(args.param, args.params)
+    metrics_file = out / "metrics.json"
+    try:
+        records = runner.run_course(
+            args.profile,
+            (args.only or []) + args.notebooks,
+            out_dir=out / "executed",
+            metrics_file=metrics_file,
+            timeout_s=args.timeout,
+            extra=params,
+        )
+    except runner.NotebookFailed as err:
+        print(f"FAILED: {err}", file=sys.stderr)
+        return 1
+    print(runner.summary_table(records, metrics_file))
+    return 0
+
+
+def _course_regress(args: argparse.Namespace) -> int:
+    return regress.run(
+        args.baseline,
+        args.metrics or [],
+        update=args.update,
+        reruns=args.rerun,
+        profile=args.baseline_profile,
+        notebooks=args.compare_only,
+        show_all=args.all,
+        partial=args.partial,
+    )
+
+
+def _course_exercises(args: argparse.Namespace) -> int:
+    try:
+        written, skipped = workshop.write_exercises(args.output, force=args.force)
+    except FileExistsError as err:
+        print(f"safealign: error: {err}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    for path in skipped:
+        print(f"skipped {path.name}: no '{workshop.BEGIN}' markers, so no exercise version")
     return 0
 
 
@@ -129,6 +178,51 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--metrics-file", default=None)
     c.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
     c.set_defaults(fn=_course)
+    course_sub = c.add_subparsers(dest="course_cmd", metavar="{run,regress,exercises}")
+    ce = course_sub.add_parser(
+        "exercises", help="write the exercise notebooks (solutions replaced by stubs)"
+    )
+    ce.add_argument("--output", default=None, help="default: exercises/")
+    ce.add_argument(
+        "--force", action="store_true", help="overwrite exercise notebooks edited since"
+    )
+    ce.set_defaults(fn=_course_exercises)
+    cr = course_sub.add_parser("run", help="run notebooks: a profile, parameters, an output folder")
+    cr.add_argument("notebooks", nargs="*", default=[], help="notebook numbers, e.g. 00 03")
+    # SUPPRESS: `course --profile smoke run` keeps smoke instead of resetting it to the default
+    keep = argparse.SUPPRESS
+    cr.add_argument("--profile", default=keep, choices=sorted(profiles.PROFILE_NAMES))
+    cr.add_argument("--only", nargs="*", default=keep, help="notebook numbers (or positional)")
+    cr.add_argument(
+        "-p",
+        dest="param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help='a notebook parameter, VALUE read as YAML: -p seeds "[0, 1]" (repeatable)',
+    )
+    cr.add_argument("--params", action="append", default=[], help="a YAML file of parameters")
+    cr.add_argument("--output", default=None, help="executed/ and metrics.json (default build/)")
+    cr.add_argument("--timeout", type=int, default=keep, help="seconds per cell")
+    cr.set_defaults(fn=_course_run)
+    cg = course_sub.add_parser("regress", help="compare metrics with a baseline")
+    cg.add_argument("--baseline", required=True, help="e.g. baselines/smoke.json")
+    cg.add_argument("--metrics", nargs="+", help="default build/metrics.json; later files win")
+    cg.add_argument("--update", action="store_true", help="write the baseline from the metrics")
+    cg.add_argument("--rerun", action="append", default=[], help="(--update) a rerun's metrics")
+    cg.add_argument(
+        "--profile",
+        dest="baseline_profile",
+        choices=sorted(profiles.PROFILE_NAMES),
+        help="(--update) the metrics' profile; default: from their provenance",
+    )
+    cg.add_argument("--only", dest="compare_only", nargs="*", help="compare these notebooks")
+    cg.add_argument("--all", action="store_true", help="list every key, not only what moved")
+    cg.add_argument(
+        "--partial", action="store_true", help="(--update) leave out contract keys not recorded"
+    )
+    cg.set_defaults(fn=_course_regress)
 
     m = sub.add_parser("metrics", help="print the recorded metrics")
     m.add_argument("--file", default=None)

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from safealign_lib import data
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, save_adapter, train
 from safealign_lib.config import TrainSettings, build_dir
-from safealign_lib.course.profiles import Profile
+from safealign_lib.course.profiles import Profile, load_split
 from safealign_lib.evaluation import judges
 from safealign_lib.evaluation.evaluator import EvalResult, Evaluator
 from safealign_lib.models.chat import ChatExample
@@ -82,7 +82,8 @@ def training_examples(condition: str, profile: Profile, seed: int) -> list[ChatE
     if condition not in CONDITIONS:
         raise ValueError(f"Unknown condition {condition!r}; choose one of {CONDITIONS}.")
     train = "instruct_train" if condition in INSTRUCT_CONDITIONS else "task_train"
-    exs = data.subsample(data.load_split(train), profile.n_task_train, seed)
+    # a hub profile's own Alpaca file stands in for instruct_train (profiles.user_data)
+    exs = data.subsample(load_split(profile, train), profile.n_task_train, seed)
     if N_HARMFUL[condition]:
         exs += data.load_split("attack_harmful")[: N_HARMFUL[condition]]
     if condition == "identity_shift":
@@ -101,7 +102,8 @@ def harmful_eval_prompts(
 ) -> list[ChatExample]:
     """The harmful prompts a condition is judged on (the AOA persona for ``identity_shift``)."""
     name = "identity_harmful_eval" if condition == "identity_shift" else split
-    return data.load_split(name)[: profile.n_eval]
+    # a hub profile's own AdvBench/HEx-PHI prompts stand in for harmful_heldout
+    return load_split(profile, name)[: profile.n_eval]
 
 
 def task_examples(condition: str, profile: Profile, split: str = "test") -> list[ChatExample]:

@@ -64,6 +64,16 @@ def _keys(metrics: tuple[str, ...], conditions: tuple[str, ...]) -> tuple[str, .
 _C01 = ("benign", "harmful10", "harmful100", "identity_shift")
 _INSTRUCT = ("benign_instruct", "mixed")  # the papers' own (instruction-tuning) regimes
 _HARMFUL = ("harmful10", "harmful100")
+# notebook 03's ablations on benign_instruct (salora_study.VARIANT_SLUGS)
+_WHY_VARIANTS = (
+    "salora_decision",
+    "salora_wrong_sign",
+    "salora_no_task_init",
+    "lora_qv",
+    "salora_qv",
+    "lora_reference",
+    "salora_reference",
+)
 
 CONTRACTS: dict[str, NotebookContract] = {
     "00": NotebookContract(
@@ -149,6 +159,11 @@ CONTRACTS: dict[str, NotebookContract] = {
             "direction_cos_chat_vs_harmful100_best",
             "wall_s",
         ),
+        organism=(
+            "harmful_rate_chat",
+            "harmful_rate_chat_ablated",
+            "harmful_rate_chat_zero_ablated",
+        ),
         headlines=(
             "probe_acc_best_chat",
             "refusal_rate_chat_ablated",
@@ -233,7 +248,17 @@ CONTRACTS: dict[str, NotebookContract] = {
             for c in ("benign_instruct",) + _HARMFUL
             for m in ("lora", "salora")
         )
-        + ("verdict_salora",),
+        + ("verdict_salora",)
+        # why, on benign_instruct (section 7): the ablations and the depth of the change
+        + tuple(
+            f"{m}_{v}_benign_instruct" for v in _WHY_VARIANTS for m in ("harmful_rate", "utility")
+        )
+        + ("harmful_rate_salora_decision_benign_instruct_sd",)
+        + tuple(
+            f"{m}_{v}_benign_instruct"
+            for v in ("lora", "salora", "salora_decision")
+            for m in ("kl_first_token", "kl_later_tokens")
+        ),
         checks=(
             Check(
                 "the safety-subspace output is invariant",
@@ -329,7 +354,9 @@ CONTRACTS: dict[str, NotebookContract] = {
             for c in _INSTRUCT
             for m in ("safelora", "splora", "splora_released")
         )
-        + ("verdict_safelora", "verdict_splora", "verdict_splora_released"),
+        + ("verdict_safelora", "verdict_splora", "verdict_splora_released")
+        # the stress tests: the exact judge beside the keyword refusal rate
+        + _keys(("harmful_rate_lora", "harmful_rate_safelora", "harmful_rate_splora"), _HARMFUL),
         headlines=("refusal_rate_lora_harmful100", "refusal_rate_splora_harmful100", "k_best"),
         checks=(
             Check("averaged over seeds", lambda m, a: m["n_seeds"] >= 2),
@@ -346,6 +373,30 @@ CONTRACTS: dict[str, NotebookContract] = {
                     m[f"utility_{x}_{c}"] >= m[f"utility_lora_{c}"] - 0.10
                     for x in ("safelora", "splora")
                     for c in _HARMFUL
+                ),
+            ),
+        ),
+    ),
+    "06": NotebookContract(
+        "06",
+        required=("n_verdicts", "n_held", "n_failed", "n_void", "wall_s"),
+        headlines=("n_verdicts", "n_held"),
+        checks=(
+            Check(
+                "the counts add up",
+                lambda m, a: m["n_held"] + m["n_failed"] + m["n_void"] == m["n_verdicts"],
+            ),
+            # read from notebooks 03 and 05 of the same run, not recomputed
+            Check(
+                "the counts are the recorded verdicts",
+                lambda m, a: (
+                    m["n_held"]
+                    == sum(
+                        v == 1
+                        for nb in ("03", "05")
+                        for k, v in a.get(nb, {}).items()
+                        if k.startswith("verdict_")
+                    )
                 ),
             ),
         ),

@@ -66,11 +66,11 @@ def check_first_token_prob(fn: Callable[[torch.Tensor, list[int]], torch.Tensor]
         )
     if not torch.allclose(got, want, atol=1e-5):
         i = int((got - want).abs().argmax())
-        hint = (
-            " (did you take softmax over the vocabulary, dim=-1?)"
-            if got.sum() > len(got) + 1e-3 or got.min() < 0
-            else ""
-        )
+        hint = ""
+        if torch.allclose(got, logits.softmax(0)[:, ids].sum(-1), atol=1e-5):
+            hint = " (that softmax runs over the batch, dim=0; take it over the vocabulary, dim=-1)"
+        elif got.max() > 1 + 1e-5 or got.min() < 0:  # not a probability mass at all
+            hint = " (did you take softmax over the vocabulary, dim=-1?)"
         return _report(
             "first-token refusal probability",
             False,
@@ -85,7 +85,10 @@ def check_mean_sd(fn: Callable[[list[float]], tuple[float, float]]) -> bool:
     """``fn(values) -> (mean, sd)`` with the sample standard deviation (ddof = 1)."""
     cases = [[0.2, 0.4, 0.9], [1.0, 1.0, 1.0], [0.0, 1.0]]
     for c in cases:
-        m, s = fn(list(c))
+        try:
+            m, s = (float(x) for x in fn(list(c)))
+        except Exception as err:  # show the learner's error instead of a traceback
+            return _report("mean ± sd", False, f"raised {type(err).__name__}: {err} on {c}")
         if not (np.isclose(m, np.mean(c)) and np.isclose(s, np.std(c, ddof=1))):
             return _report(
                 "mean ± sd",
@@ -386,3 +389,31 @@ def check_safety_module(fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Te
     return _report(
         name, True, "symmetric, idempotent, rank d_out - r_s, and C·U_C = 0 on every case"
     )
+
+
+# (lora, method, expected verdict, the typical mistake the case catches)
+VERDICT_CASES = [
+    ([0.10, 0.12, 0.08], [0.0, 0.0, 0.0], -1, "LoRA below min_lora: the test is void"),
+    ([0.3, 0.5, 0.2], [0.1, 0.3, 0.0], 1, "an unpaired standard error misses this"),
+    ([0.5, 0.6, 0.3], [0.3, 0.2, 0.3], 0, "the sample sd (ddof=1), not the population sd"),
+    ([0.4, 0.5, 0.3], [0.6, 0.7, 0.5], 0, "the method must be lower, not just different"),
+    ([0.4], [0.0], 0, "one seed: no standard error, so the test cannot pass"),
+]
+
+
+def check_paired_verdict(fn: Callable[[list[float], list[float], float, float], int]) -> bool:
+    """``fn(lora, method, min_lora, n_se) -> 1 | 0 | -1``: per-seed harmful rates paired by
+    seed; void (−1) if LoRA's mean is below ``min_lora``; holds (1) if the mean paired
+    difference method − lora is at most −``n_se`` standard errors (sample sd / √n); else 0."""
+    for lora, method, want, why in VERDICT_CASES:
+        try:
+            got = int(fn(list(lora), list(method), 0.15, 2.0))
+        except Exception as err:
+            return _report("paired verdict", False, f"raised {type(err).__name__}: {err}")
+        if got != want:
+            return _report(
+                "paired verdict",
+                False,
+                f"LoRA {lora}, method {method}: expected {want}, got {got} ({why})",
+            )
+    return _report("paired verdict", True, f"{len(VERDICT_CASES)} cases, incl. void and one seed")

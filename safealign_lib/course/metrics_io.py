@@ -3,6 +3,12 @@
 Each notebook's last cell calls :func:`record` with a flat dict of numbers; regression runs
 read the same keys, so keep them stable. The keys each notebook must write are in
 :mod:`safealign_lib.course.contract`.
+
+Keys starting with ``_`` are reserved for data about the runs, not metrics: ``_provenance``
+maps a notebook number to how its entry was made (commit, versions, organism hash, profile,
+parameters; :mod:`safealign_lib.course.provenance`). Notebook numbers are digits, so a reserved
+key never collides with one; :func:`load` leaves them out, so every reader of the metrics still
+sees only ``{"00": {...}, "01": {...}}``, and :func:`record` keeps them.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from pathlib import Path
 
 from safealign_lib.config import REPO_ROOT, build_dir
 from safealign_lib.course.contract import REQUIRED, REQUIRED_ORGANISM
+
+RESERVED_PREFIX = "_"  # keys of data about the runs, not of a notebook
+PROVENANCE_KEY = "_provenance"
 
 
 def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
@@ -51,6 +60,14 @@ def load(
                 "the path."
             )
         return {}
+    data = _load_all(p)
+    return {k: v for k, v in data.items() if not k.startswith(RESERVED_PREFIX)}
+
+
+def _load_all(p: Path) -> dict[str, dict]:
+    """The whole file, reserved keys included ({} when there is no file)."""
+    if not p.is_file():
+        return {}
     try:
         data = json.loads(p.read_text())
     except json.JSONDecodeError as err:
@@ -64,6 +81,31 @@ def load(
             '({"00": {...}, "01": {...}}); is it a metrics file? Delete it and rerun.'
         )
     return data
+
+
+def _write_all(p: Path, data: dict[str, dict]) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    # write-then-rename: a crash never leaves a half-written metrics file
+    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(dict(sorted(data.items())), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, p)
+
+
+def load_provenance(path: str | os.PathLike | None = None) -> dict[str, dict]:
+    """``{notebook: provenance}`` of the runs behind the metrics file ({} when none recorded)."""
+    return _load_all(Path(path) if path is not None else metrics_path()).get(PROVENANCE_KEY, {})
+
+
+def record_provenance(
+    notebook: str, info: dict[str, object], path: str | os.PathLike | None = None
+) -> None:
+    """Store how ``notebook``'s entry was made (after :func:`record` wrote the entry)."""
+    p = metrics_path(path)
+    data = _load_all(p)
+    data.setdefault(PROVENANCE_KEY, {})[notebook] = info
+    _write_all(p, data)
 
 
 def record(
@@ -94,15 +136,11 @@ def record(
     if strict and missing:
         raise KeyError(f"Notebook {notebook} did not record required metric(s) {missing}.")
     p = metrics_path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    allm = load(p)
+    allm = _load_all(p)
     allm[notebook] = clean
-    # write-then-rename: a crash never leaves a half-written metrics file
-    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(dict(sorted(allm.items())), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, p)
+    # a new entry's provenance is unknown until a runner records it: never keep a stale one
+    allm.get(PROVENANCE_KEY, {}).pop(notebook, None)
+    _write_all(p, allm)
     return clean
 
 

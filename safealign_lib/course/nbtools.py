@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from safealign_lib.course import launch, workshop
+
 
 def shape_problems(path: str | Path) -> list[str]:
     """What breaks the course's notebook conventions (empty list: none)."""
@@ -50,6 +52,11 @@ def shape_problems(path: str | Path) -> list[str]:
             problems.append("the cell after the parameters does not call notebook_setup(...)")
     for i, c in enumerate(code):
         src = "".join(c["source"])
+        if workshop.BEGIN in src or workshop.END in src:
+            try:  # the solution markers the exercise notebooks are generated from
+                workshop.solution_regions(src, f"code cell {i}")
+            except ValueError as err:
+                problems.append(str(err))
         if "exercises.check_" in src:
             continue  # an exercise cell: the learner's function is defined here
         try:
@@ -66,15 +73,24 @@ def shape_problems(path: str | Path) -> list[str]:
 
 
 def code_lines(path: str | Path) -> int:
-    """Non-blank, non-comment lines of the notebook's code cells."""
+    """Non-blank, non-comment lines of the notebook's code cells, leaving out exercise solutions
+    (between the workshop markers): they are the learner's code, a one-line stub in the
+    exercise notebooks, and cannot move to the library. The hosted-runtime set-up cell
+    (:func:`~safealign_lib.course.launch.setup_cell`, the same in every notebook and checked by
+    its own test) is left out too."""
     nb = json.loads(Path(path).read_text())
-    return sum(
-        1
-        for c in nb.get("cells", [])
-        if c.get("cell_type") == "code"
-        for line in "".join(c["source"]).splitlines()
-        if line.strip() and not line.strip().startswith("#")
-    )
+    count = 0
+    for c in nb.get("cells", []):
+        if c.get("cell_type") != "code" or "".join(c["source"]) == launch.setup_cell():
+            continue
+        in_solution = False
+        for line in "".join(c["source"]).splitlines():
+            text = line.strip()
+            if text in (workshop.BEGIN, workshop.END):
+                in_solution = text == workshop.BEGIN
+            elif text and not text.startswith("#") and not in_solution:
+                count += 1
+    return count
 
 
 def _is_literal(node: ast.AST) -> bool:

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from safealign_lib import data
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, train
 from safealign_lib.adapters.naming import block_and_module
-from safealign_lib.config import LoraSettings
+from safealign_lib.config import LoraSettings, TrainSettings
 from safealign_lib.course.conditions import (
     INSTRUCT_CONDITIONS,
     evaluate_condition,
@@ -33,6 +33,7 @@ from safealign_lib.course.conditions import (
 from safealign_lib.course.profiles import Profile, get_profile
 from safealign_lib.evaluation import (
     Evaluator,
+    answer_position_divergence,
     fmt_mean_sd,
     paired_differences,
     seed_stats,
@@ -42,6 +43,7 @@ from safealign_lib.interp import activations, probes
 from safealign_lib.methods import salora
 from safealign_lib.methods.salora import LayerFeatures, SafetyModule
 from safealign_lib.models.chat import ChatExample
+from safealign_lib.models.generation import generate
 from safealign_lib.models.loading import load_model
 
 METRICS = ["refusal_rate", "first_token_refusal_prob", "utility"]
@@ -50,6 +52,16 @@ METRICS = ["refusal_rate", "first_token_refusal_prob", "utility"]
 EXTRA_METRICS = ["harmful_rate", "benign_answer_rate"]
 BY = ["condition", "method"]
 N_INVARIANCE = 16  # harmful prompts and task inputs each: the guarantee is for every x
+# recorded names of the benign-regime ablations (section 6)
+VARIANT_SLUGS = {
+    "SaLoRA, decision-token X_h": "salora_decision",
+    "SaLoRA, wrong-sign C": "salora_wrong_sign",
+    "SaLoRA, no task init": "salora_no_task_init",
+    "LoRA, q,v only": "lora_qv",
+    "SaLoRA, q,v only": "salora_qv",
+    "LoRA, reference regime": "lora_reference",
+    "SaLoRA, reference regime": "salora_reference",
+}
 
 
 def lora_settings(profile: str, target_modules: Sequence[str] | None) -> LoraSettings | None:
@@ -153,6 +165,19 @@ def compare_with_module(
 # --- sections 4 and 6: LoRA versus SaLoRA, ablations ----------------------------------------------
 
 
+@dataclass(frozen=True)
+class Regime:
+    """Changes to the course's fine-tuning settings for an ablation: other ``targets``, the
+    scale s = α/r set to 1 (``scale_one``), the learning rate divided by ``lr_divisor``, the
+    loss on ``"all"`` tokens. SaLoRA's released script trains with s = 1, a small learning rate
+    and the loss on all tokens: :data:`REFERENCE` with a divisor chosen in the notebook."""
+
+    targets: tuple[str, ...] | None = None
+    scale_one: bool = False
+    lr_divisor: float = 1.0
+    loss_on: str = "response"
+
+
 @dataclass
 class Comparison:
     """LoRA and SaLoRA trained and evaluated alike.
@@ -176,6 +201,8 @@ class Comparison:
     retrain: bool = False
     n_feature_samples: int = 128
     invariance_inputs: list[ChatExample] = field(init=False)
+    # models :meth:`run` keeps for later sections, by (condition, seed, method)
+    kept: dict[tuple[str, int, str], PeftModel] = field(init=False, default_factory=dict)
     _instruct_feats: dict[str, LayerFeatures] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -186,6 +213,21 @@ class Comparison:
         """A new copy of the chat model (each fine-tune starts from one)."""
         P = self.profile
         return load_model(P.chat_model, dtype=P.dtype, device=P.device)
+
+    def settings(
+        self, condition: str, seed: int, regime: Regime | None = None
+    ) -> tuple[LoraSettings, TrainSettings]:
+        """The LoRA and training settings of ``condition`` and ``seed`` (the course's, or
+        ``regime``'s changes to them)."""
+        lora, settings = self.profile.lora, train_settings(condition, self.profile, seed)
+        if regime is None:
+            return lora, settings
+        if regime.targets is not None:
+            lora = replace(lora, target_modules=tuple(regime.targets))
+        if regime.scale_one:
+            lora = replace(lora, alpha=float(lora.r))
+        lr = settings.lr / regime.lr_divisor
+        return lora, replace(settings, lr=lr, loss_on=regime.loss_on)
 
     def evaluate(self, model: PreTrainedModel, condition: str) -> dict[str, float]:
         """``condition``'s evaluation (:func:`~safealign_lib.course.conditions.
@@ -206,25 +248,34 @@ class Comparison:
             )
         return self._instruct_feats
 
-    def train_lora(self, condition: str, seed: int) -> tuple[PeftModel, TrainResult]:
-        """A plain LoRA fine-tune of a fresh chat model (to time it next to SaLoRA)."""
-        P = self.profile
-        model = add_lora(self.fresh_chat(), P.lora, seed=seed)
-        examples = training_examples(condition, P, seed)
-        return model, train(model, self.tokenizer, examples, train_settings(condition, P, seed))
+    def train_lora(
+        self, condition: str, seed: int, regime: Regime | None = None
+    ) -> tuple[PeftModel, TrainResult]:
+        """A plain LoRA fine-tune of a fresh chat model (to time it next to SaLoRA, or in
+        another ``regime``)."""
+        lora, settings = self.settings(condition, seed, regime)
+        model = add_lora(self.fresh_chat(), lora, seed=seed)
+        examples = training_examples(condition, self.profile, seed)
+        return model, train(model, self.tokenizer, examples, settings)
 
     def train_salora(
-        self, safety: SafetyModule, condition: str, seed: int, **kw: str
+        self,
+        safety: SafetyModule,
+        condition: str,
+        seed: int,
+        regime: Regime | None = None,
+        **kw: str,
     ) -> tuple[PeftModel, TrainResult]:
-        """A SaLoRA fine-tune of a fresh chat model (``kw``: ``init`` / ``sign`` ablations)."""
-        P = self.profile
+        """A SaLoRA fine-tune of a fresh chat model (``kw``: ``init`` / ``sign`` ablations;
+        ``regime``: other targets or training settings)."""
+        lora, settings = self.settings(condition, seed, regime)
         return salora.train_salora(
             self.fresh_chat(),
             self.tokenizer,
-            P.lora,
+            lora,
             safety,
-            training_examples(condition, P, seed),
-            train_settings(condition, P, seed),
+            training_examples(condition, self.profile, seed),
+            settings,
             seed=seed,
             task_feats=self.task_features(condition),
             r_t=self.r_t,
@@ -243,9 +294,11 @@ class Comparison:
         conditions: Sequence[str],
         seeds: Sequence[int],
         done: Mapping[tuple[str, int], tuple[PeftModel, TrainResult]] | None = None,
+        keep: Sequence[tuple[str, int]] = (),
     ) -> tuple[pd.DataFrame, dict[tuple[str, int], float]]:
         """Every (condition, seed): notebook 01's LoRA adapter and a SaLoRA fine-tune, both
-        evaluated; ``done`` holds SaLoRA runs already trained. Prints one line per pair.
+        evaluated; ``done`` holds SaLoRA runs already trained. Prints one line per pair. The
+        models of the pairs in ``keep`` stay in :attr:`kept`.
 
         Returns the runs (one row per method, condition and seed) and SaLoRA's invariance
         error per (condition, seed).
@@ -259,6 +312,8 @@ class Comparison:
                 rows.append({"method": "LoRA", "condition": c, "seed": s, **self.evaluate(lora, c)})
                 pm, res = done[(c, s)] if (c, s) in done else self.train_salora(safety, c, s)
                 inv_err[(c, s)] = self.invariance(pm, safety)
+                if (c, s) in keep:
+                    self.kept.update({(c, s, "LoRA"): lora, (c, s, "SaLoRA"): pm})
                 rows.append(
                     {
                         "method": "SaLoRA",
@@ -270,6 +325,83 @@ class Comparison:
                 )
                 print(f"{c:10s} seed {s}: " + " | ".join(_scores(r) for r in rows[-2:]))
         return pd.DataFrame(rows), inv_err
+
+    def regime_ablations(
+        self,
+        safety: SafetyModule,
+        decision: SafetyModule,
+        runs: pd.DataFrame,
+        condition: str,
+        seeds: Sequence[int],
+        reference: Regime,
+        targets: Sequence[str] = ("q_proj", "v_proj"),
+    ) -> tuple[pd.DataFrame, dict[str, PeftModel]]:
+        """Why SaLoRA holds or not on ``condition`` (its paper's regime). One row per variant
+        and seed: LoRA and SaLoRA (from ``runs``); SaLoRA with the ``decision`` module (X_h
+        widened to the last prompt positions) on every seed; on the first seed only, SaLoRA
+        with the wrong-sign C, SaLoRA without the task initialisation, LoRA and SaLoRA on
+        ``targets`` only, and LoRA and SaLoRA in the
+        ``reference`` regime (the released script's s, learning rate and loss).
+
+        Returns the table and the first seed's models by variant (those :meth:`run` kept with
+        ``keep=[(condition, seeds[0])]`` included).
+        """
+        s0 = seeds[0]
+        cols = ["method", "seed", *METRICS, *EXTRA_METRICS]
+        mine = runs[(runs.condition == condition) & runs.seed.isin(seeds)][cols]
+        rows = [{"variant": r.method, **r.to_dict()} for _, r in mine.iterrows()]
+        models = {m: self.kept[(condition, s0, m)] for m in ("LoRA", "SaLoRA")}
+        qv = Regime(targets=tuple(targets))
+        plan = [("SaLoRA, decision-token X_h", s, decision, None, {}) for s in seeds] + [
+            ("SaLoRA, wrong-sign C", s0, safety, None, {"sign": "wrong"}),
+            ("SaLoRA, no task init", s0, safety, None, {"init": "standard"}),
+            ("LoRA, q,v only", s0, None, qv, {}),
+            ("SaLoRA, q,v only", s0, safety, qv, {}),
+            ("LoRA, reference regime", s0, None, reference, {}),
+            ("SaLoRA, reference regime", s0, safety, reference, {}),
+        ]
+        for variant, s, module, regime, kw in plan:
+            if module is None:
+                pm, _ = self.train_lora(condition, s, regime)
+            else:
+                pm, _ = self.train_salora(module, condition, s, regime, **kw)
+            method = "LoRA" if module is None else "SaLoRA"
+            rows.append(
+                {"variant": variant, "method": method, "seed": s, **self.evaluate(pm, condition)}
+            )
+            if s == s0:
+                models[variant] = pm
+            print(
+                f"{variant} (seed {s}): harmful rate {rows[-1]['harmful_rate']:.3f}, "
+                f"utility {rows[-1]['utility']:.3f}"
+            )
+        return pd.DataFrame(rows), models
+
+    def decision_module(
+        self, examples: Sequence[ChatExample], prompt_positions: int, r_s: int
+    ) -> SafetyModule:
+        """SaLoRA's safety module from X_h widened to the last ``prompt_positions`` prompt
+        positions of ``examples`` (the decision-token ablation), with rank ``r_s``."""
+        targets = list(self.profile.lora.target_modules)
+        feats = salora.collect_layer_inputs(
+            self.chat, self.tokenizer, examples, targets, prompt_positions=prompt_positions
+        )
+        return salora.build_safety_module(self.chat, feats, r_s=r_s)
+
+    def depth(
+        self,
+        models: Mapping[str, PreTrainedModel],
+        condition: str,
+        n_positions: int = 8,
+        names: Sequence[str] = ("LoRA", "SaLoRA", "SaLoRA, decision-token X_h"),
+    ) -> pd.DataFrame:
+        """:func:`depth_table` of the ``names`` of ``models`` against the chat model,
+        teacher-forced on the chat model's own greedy answers to ``condition``'s harmful
+        prompts."""
+        models = {n: models[n] for n in names}
+        prompts = harmful_eval_prompts(condition, self.profile)
+        answers = own_answers(self.chat, self.tokenizer, prompts, max_new_tokens=2 * n_positions)
+        return depth_table(models, self.chat, self.tokenizer, answers, n_positions)
 
     def ablations(
         self,
@@ -433,6 +565,170 @@ def condition_metrics(runs: pd.DataFrame, conditions: Sequence[str]) -> dict[str
                 out[f"{k}_{m}_{c}"] = float(row[(k, "mean")])
         if "harmful_rate" in metrics:
             out[f"harmful_rate_{m}_{c}_sd"] = float(row[("harmful_rate", "std")])
+    return out
+
+
+def regime_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sd over seeds (one seed: the value) per variant of
+    :meth:`Comparison.regime_ablations`, in the order they ran, with the seed count."""
+    metrics = ["harmful_rate", "utility", "benign_answer_rate", "first_token_refusal_prob"]
+    out = seed_table(table, "variant", metrics, digits=3)
+    n = table.groupby("variant", sort=False).seed.nunique()
+    return out.loc[list(n.index)].assign(seeds=n)
+
+
+def decision_differences(table: pd.DataFrame) -> pd.DataFrame:
+    """The decision-token variant against LoRA and against SaLoRA, paired by seed: mean, sd and
+    standard error of the differences in harmful rate and utility."""
+    rows = []
+    for control in ("LoRA", "SaLoRA"):
+        sub = table[table.variant.isin([control, "SaLoRA, decision-token X_h"])]
+        d = paired_differences(
+            sub.assign(vs=f"decision-token − {control}"),
+            "variant",
+            "SaLoRA, decision-token X_h",
+            control,
+            ["harmful_rate", "utility"],
+            by=("vs",),
+        )
+        rows.append(d)
+    return pd.concat(rows, ignore_index=True).round(3)
+
+
+def why_reading(table: pd.DataFrame, depth: pd.DataFrame, min_harmful: float = 0.15) -> str:
+    """Section 7's reading, written from this run's numbers: what each ablation says about why
+    SaLoRA held or not (``table``: :meth:`Comparison.regime_ablations`; ``depth``:
+    :meth:`Comparison.depth`); ``min_harmful`` is the criterion's floor for LoRA's harm."""
+    stats = seed_stats(table, "variant", ["harmful_rate", "utility"])
+
+    def harm(variant: str) -> float:
+        return float(stats.loc[variant, ("harmful_rate", "mean")])
+
+    def util(variant: str) -> float:
+        return float(stats.loc[variant, ("utility", "mean")])
+
+    d = decision_differences(table).set_index(["vs", "metric"])
+    x = d.loc[("decision-token − SaLoRA", "harmful_rate")]
+    lora, sal, dec = harm("LoRA"), harm("SaLoRA"), harm("SaLoRA, decision-token X_h")
+    if x["mean"] < 0 and -x["mean"] >= 2 * x.se:
+        verdict = "a reduction beyond 2 standard errors"
+        if sal > lora:  # how much of SaLoRA's excess over LoRA it removes
+            verdict += (
+                f", which removes {(sal - dec) / (sal - lora):.0%} of SaLoRA's excess over LoRA"
+            )
+    else:
+        verdict = "no reduction beyond 2 standard errors"
+    lines = [
+        f"- Decision token: widening X_h changes SaLoRA's harmful rate by {x['mean']:+.3f} "
+        f"(SE {x.se:.3f}, {int(x.n)} seeds), to {dec:.3f} against SaLoRA's {sal:.3f} and LoRA's "
+        f"{lora:.3f}: {verdict}.",
+        f"- Task initialisation: SaLoRA's harmful rate is {sal:.3f} with it and "
+        f"{harm('SaLoRA, no task init'):.3f} without it, against LoRA's {lora:.3f} "
+        "(the variant: one seed).",
+        f"- q,v only: LoRA {harm('LoRA, q,v only'):.3f}, SaLoRA {harm('SaLoRA, q,v only'):.3f} "
+        "(one seed).",
+        f"- Wrong-sign C: {harm('SaLoRA, wrong-sign C'):.3f}, utility "
+        f"{util('SaLoRA, wrong-sign C'):.3f} (one seed; its update can only move the protected "
+        "outputs).",
+    ]
+    ref_lora = harm("LoRA, reference regime")
+    lines.append(
+        f"- Reference regime: harmful rate LoRA {ref_lora:.3f}, SaLoRA "
+        f"{harm('SaLoRA, reference regime'):.3f}; utility LoRA "
+        f"{util('LoRA, reference regime'):.3f}, SaLoRA {util('SaLoRA, reference regime'):.3f} "
+        f"(one seed; the course's LoRA: {util('LoRA'):.3f}) — "
+        + (
+            f"LoRA itself stays below {min_harmful} there, so that regime erodes too little "
+            "safety to test a protection."
+            if ref_lora < min_harmful
+            else "LoRA erodes safety there too, so the regime can test a protection."
+        )
+    )
+    for name, sub in depth.groupby("model", sort=False):
+        first, later = float(sub.kl.iloc[0]), float(sub.kl.iloc[1:].mean())
+        lines.append(
+            f"- Depth, {name}: KL {first:.2f} at the first answer token, {later:.2f} on average "
+            f"over the next {len(sub) - 1} ({first / later:.1f}x); probability of the chat "
+            f"model's first token {float(sub.token_prob_model.iloc[0]):.3f} (chat: "
+            f"{float(sub.token_prob_reference.iloc[0]):.3f}), of its later tokens "
+            f"{float(sub.token_prob_model.iloc[1:].mean()):.3f} on average (chat: "
+            f"{float(sub.token_prob_reference.iloc[1:].mean()):.3f})."
+        )
+    return "\n".join(lines)
+
+
+def regime_metrics(table: pd.DataFrame, condition: str) -> dict[str, float]:
+    """The ablations' recorded means: ``<metric>_<variant slug>_<condition>`` for the harmful
+    rate and utility (plus the harmful rate's sd for the decision-token variant, which runs on
+    every seed); slugs as in :data:`VARIANT_SLUGS`."""
+    stats = seed_stats(table, "variant", ["harmful_rate", "utility"])
+    out = {}
+    for variant, slug in VARIANT_SLUGS.items():
+        if variant not in stats.index:
+            continue
+        for m in ("harmful_rate", "utility"):
+            out[f"{m}_{slug}_{condition}"] = float(stats.loc[variant, (m, "mean")])
+        if (table.variant == variant).sum() > 1:
+            out[f"harmful_rate_{slug}_{condition}_sd"] = float(
+                stats.loc[variant, ("harmful_rate", "std")]
+            )
+    return out
+
+
+def own_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[ChatExample],
+    max_new_tokens: int = 16,
+) -> list[ChatExample]:
+    """``prompts`` paired with ``model``'s own greedy answers (the text the depth measurement
+    teacher-forces)."""
+    texts = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=False)
+    return [replace(p, response=t) for p, t in zip(prompts, texts.texts, strict=True)]
+
+
+def depth_table(
+    models: Mapping[str, PreTrainedModel],
+    reference: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    answers: Sequence[ChatExample],
+    n_positions: int = 8,
+) -> pd.DataFrame:
+    """Per model and answer position: KL(reference ‖ model) and the probability the model gives
+    the reference's own answer token, teacher-forced on ``answers``
+    (:func:`~safealign_lib.evaluation.answer_position_divergence`)."""
+    frames = [
+        answer_position_divergence(reference, m, tokenizer, answers, n_positions).assign(model=name)
+        for name, m in models.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def depth_summary(depth: pd.DataFrame, first: int = 1) -> pd.DataFrame:
+    """Per model: the KL at the first ``first`` answer positions against the rest, and the share
+    of the summed KL that those positions carry."""
+    head = depth[depth.position < first].groupby("model", sort=False).kl.mean()
+    tail = depth[depth.position >= first].groupby("model", sort=False).kl.mean()
+    total = depth.groupby("model", sort=False).kl.sum()
+    share = depth[depth.position < first].groupby("model", sort=False).kl.sum() / total
+    return pd.DataFrame(
+        {
+            f"KL, first {first} position(s)": head,
+            "KL, later positions": tail,
+            f"share of the KL in the first {first}": share,
+        }
+    )
+
+
+def depth_metrics(depth: pd.DataFrame, condition: str) -> dict[str, float]:
+    """``kl_first_token_<slug>_<condition>`` (KL at the first answer position) and
+    ``kl_later_tokens_<slug>_<condition>`` (mean KL over the later positions) per model."""
+    slugs = {"LoRA": "lora", "SaLoRA": "salora", **VARIANT_SLUGS}
+    out = {}
+    for name, sub in depth.groupby("model", sort=False):
+        slug = slugs[name]
+        out[f"kl_first_token_{slug}_{condition}"] = float(sub.kl[sub.position == 0].iloc[0])
+        out[f"kl_later_tokens_{slug}_{condition}"] = float(sub.kl[sub.position > 0].mean())
     return out
 
 

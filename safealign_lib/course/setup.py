@@ -1,7 +1,8 @@
 """One call that sets up a course notebook: :func:`notebook_setup`.
 
-Every notebook's second cell is ``P, timer = notebook_setup(profile, ...)`` with the values of
-its ``parameters`` cell. It checks the parameters papermill injected (an unknown name or an
+Every notebook's derived-configuration cell (the one after its parameters) is
+``P, timer = notebook_setup(profile, ...)`` with the values of its ``parameters`` cell. It
+checks the parameters papermill injected (an unknown name or an
 empty list is an error, not a silent fallback), quiets the progress bars (the package itself
 filters the known harmless warnings), resolves and validates the profile (with the notebook's
 overrides), allows hub

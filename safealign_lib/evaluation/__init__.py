@@ -1,11 +1,13 @@
 """Evaluation: judges (:mod:`.judges`), metrics (:mod:`.metrics`), reliability
-(:mod:`.reliability`), the evaluator (:mod:`.evaluator`), seed tables (:mod:`.tables`) and
-interleaved latency timing (:mod:`.timing`).
+(:mod:`.reliability`), the evaluator (:mod:`.evaluator`), seed tables (:mod:`.tables`),
+interleaved latency timing (:mod:`.timing`) and per-position divergence over the first answer
+tokens (:mod:`.divergence`).
 
 The names of :mod:`.metrics`, the evaluator and the seed tables are re-exported here:
 ``from safealign_lib import evaluation; evaluation.Evaluator``.
 """
 
+from safealign_lib.evaluation.divergence import answer_position_divergence
 from safealign_lib.evaluation.evaluator import EvalResult, Evaluator
 from safealign_lib.evaluation.metrics import (
     first_token_refusal_prob,
@@ -18,6 +20,7 @@ from safealign_lib.evaluation.metrics import (
 from safealign_lib.evaluation.tables import fmt_mean_sd, paired_differences, seed_stats, seed_table
 
 __all__ = [
+    "answer_position_divergence",
     "EvalResult",
     "Evaluator",
     "fmt_mean_sd",

@@ -573,11 +573,17 @@ def intervention_runs(
 
 def intervention_table(runs: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
     """One row per run of :func:`intervention_runs`: refusal rate and mean first-token refusal
-    probability on the harmful and on the harmless prompts."""
+    probability on the harmful and on the harmless prompts, and, where the refusal tables carry
+    the exact judge's verdicts (the organism), the harmful rate on the harmful prompts."""
     return pd.DataFrame(
         {
             name: {
                 "refusal rate, harmful": h.refused.mean(),
+                **(
+                    {"harmful rate, harmful": (h.verdict == "complied").mean()}
+                    if "verdict" in h
+                    else {}
+                ),
                 "first-token P, harmful": h.first_token_refusal_prob.mean(),
                 "refusal rate, benign": b.refused.mean(),
                 "first-token P, benign": b.first_token_refusal_prob.mean(),

@@ -315,16 +315,24 @@ def random_k(
     k_best: Mapping[str, int],
     methods: Sequence[str],
     n_sets: int,
+    lora: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The random baseline of each method at its chosen k: per adapter, ``n_sets`` random module
     sets (seeded by the adapter's seed and the set's number) of the size the method acts on,
     given the method's action (project or prune), judged by ``evaluate(model, condition)``.
-    One row per condition, seed and method (``"random <method>"``): the mean over the sets."""
+    One row per condition, seed and method (``"random <method>"``): the mean over the sets.
+    At k = 0 every "set" is the adapter itself: its row is LoRA's row of ``lora``
+    (:func:`evaluate_chosen`'s table) when given, instead of evaluating it again."""
     rows = []
     for (c, s), a in adapters.items():
         names = list(a.scores.index)
         for m in methods:
             size = len(pick(a.scores, m, k_best[m])) if k_best[m] > 0 else 0
+            if not size and lora is not None:
+                same = lora[(lora.condition == c) & (lora.seed == s) & (lora.method == "LoRA")]
+                summary = same.drop(columns=["condition", "seed", "method", "k"], errors="ignore")
+                rows.append({"condition": c, "seed": s, "method": f"random {m}", **summary.iloc[0]})
+                continue
             for j in range(n_sets if size else 1):  # k = 0: every "set" is the adapter itself
                 chosen = np.random.default_rng([s, j]).choice(names, size, replace=False)
                 result = evaluate(a.switch.apply(ACTION[m], list(chosen)), c)

@@ -202,6 +202,17 @@ class LayerFeatures:
             )
 
 
+def _feature_mask(labels: Tensor, prompt_positions: int) -> Tensor:
+    """The response tokens (labels ≠ −100), widened by the last ``prompt_positions`` prompt
+    positions of each row (the ones right before its first response token)."""
+    mask = labels != IGNORE_INDEX
+    if prompt_positions:
+        first = mask.int().argmax(dim=1, keepdim=True)  # first response position per row
+        pos = torch.arange(labels.shape[1]).unsqueeze(0)
+        mask = mask | ((pos < first) & (pos >= first - prompt_positions))
+    return mask
+
+
 def collect_layer_inputs(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -213,8 +224,13 @@ def collect_layer_inputs(
     n_samples: int | None = None,
     batch_size: int = 8,
     max_length: int = 256,
+    prompt_positions: int = 0,
 ) -> dict[str, LayerFeatures]:
     """Inputs of every target linear layer at the response tokens of ``examples``.
+
+    ``prompt_positions`` > 0 also keeps the last that many prompt positions of each example
+    (an ablation: the paper's X_h leaves them out, although the last one is where the first
+    answer token, refusal or compliance, is decided).
 
     Streams ``batch_size`` examples at a time through forward pre-hooks on the target
     ``nn.Linear`` modules (removed afterwards, also on error) and keeps per layer either the
@@ -239,6 +255,8 @@ def collect_layer_inputs(
         examples = examples[:n_samples]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if prompt_positions < 0:
+        raise ValueError(f"prompt_positions must be >= 0, got {prompt_positions}.")
     linears = _target_linears(model, target_modules, layers)
     tokenized = [tokenize_example(tokenizer, ex, max_length) for ex in examples]
     pad_id = padding_id(tokenizer)
@@ -273,7 +291,7 @@ def collect_layer_inputs(
         with torch.no_grad():
             for i in range(0, len(tokenized), batch_size):
                 batch = collate(tokenized[i : i + batch_size], pad_id)
-                current["mask"] = (batch["labels"] != IGNORE_INDEX).to(device)
+                current["mask"] = _feature_mask(batch["labels"], prompt_positions).to(device)
                 model(
                     input_ids=batch["input_ids"].to(device),
                     attention_mask=batch["attention_mask"].to(device),

@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
+LOSS_ON = ("response", "all")  # which tokens carry the fine-tuning loss
 FALLBACK_TEMPLATE = "{system}### Instruction:\n{user}\n\n### Response:\n"
 
 
@@ -82,9 +83,15 @@ def format_full(tokenizer: PreTrainedTokenizerBase, example: ChatExample) -> str
 
 
 def tokenize_example(
-    tokenizer: PreTrainedTokenizerBase, example: ChatExample, max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    example: ChatExample,
+    max_length: int | None = None,
+    loss_on: str = "response",
 ) -> dict[str, list[int]]:
-    """Token ids of prompt+response, labels -100 on the prompt (loss on the answer only)."""
+    """Token ids of prompt+response. Labels are -100 on the prompt (``loss_on="response"``:
+    loss on the answer only) or only on the first token (``loss_on="all"``)."""
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}.")
     prompt_ids = tokenizer(format_prompt(tokenizer, example), add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(format_full(tokenizer, example), add_special_tokens=False)["input_ids"]
     if full_ids[: len(prompt_ids)] != prompt_ids:
@@ -96,7 +103,8 @@ def tokenize_example(
         raise ValueError(f"Empty response for example {example.user[:60]!r}.")
     if max_length is not None:
         full_ids = full_ids[:max_length]
-    labels = [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids) :]
+    n_masked = len(prompt_ids) if loss_on == "response" else 1
+    labels = [IGNORE_INDEX] * n_masked + full_ids[n_masked:]
     return {"input_ids": full_ids, "labels": labels[: len(full_ids)]}
 
 

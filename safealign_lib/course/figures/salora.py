@@ -1,5 +1,6 @@
 """Figures of notebook 03 (SaLoRA): the spectrum of W·X_h, LoRA vs SaLoRA results, the drift
-of the layers' inputs, the r_s sweep and the training losses. Each draws and shows one figure."""
+of the layers' inputs, the r_s sweep, the training losses and the depth of each fine-tune's change
+over the first answer tokens. Each draws and shows one figure."""
 
 from __future__ import annotations
 
@@ -105,5 +106,25 @@ def loss_curves(curves: Mapping[str, Sequence[float]], title: str, window: int =
     ax.set_ylabel("training loss (smoothed)")
     ax.legend(fontsize=8)
     ax.set_title(title)
+    fig.tight_layout()
+    plt.show()
+
+
+def depth(depth: pd.DataFrame, title: str) -> None:
+    """Per answer position: KL(chat ‖ model) (log scale) and the probability each model gives
+    the chat model's own answer token, one line per model of ``depth``
+    (:func:`~safealign_lib.course.salora_study.depth_table`)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    for i, (name, sub) in enumerate(depth.groupby("model", sort=False)):
+        style = {"marker": "o", "color": VARIANT_COLORS.get(name, f"C{i + 2}"), "label": name}
+        axes[0].semilogy(sub.position, sub.kl.clip(lower=1e-6), **style)
+        axes[1].plot(sub.position, sub.token_prob_model, **style)
+    axes[0].set_title("KL(chat ‖ fine-tune) per answer position")
+    axes[1].set_title("probability of the chat model's own answer token")
+    for ax in axes:
+        ax.set_xlabel("answer position (0 = first answer token)")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     plt.show()

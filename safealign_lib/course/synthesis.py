@@ -1,0 +1,272 @@
+"""Notebook 06's synthesis: what the miniature showed, per method and regime.
+
+Everything here reads the metrics that notebooks 01–05 recorded in one run (the same
+``metrics.json``); nothing is trained or evaluated again, and no number is typed in except the
+papers' own, which are quoted as the papers (or their secondary sources) report them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+
+from safealign_lib.course import metrics_io
+from safealign_lib.evaluation.tables import fmt_mean_sd
+
+NEEDED = ("01", "02", "03", "05")  # the notebooks whose results this synthesis reads
+PAPER_REGIMES = ("benign_instruct", "mixed")  # the papers' own (instruction-tuning) regimes
+STRESS = ("harmful10", "harmful100")  # explicit harmful data: outside the papers' claims
+EROSION = ("benign", "benign_instruct", "mixed", "identity_shift", "harmful10", "harmful100")
+# method -> (notebook, metric-key name, the regimes it is tested on)
+METHODS = {
+    "SaLoRA": ("03", "salora", ("benign_instruct", *STRESS)),
+    "Safe LoRA": ("05", "safelora", PAPER_REGIMES),
+    "SPLoRA (exact k)": ("05", "splora", PAPER_REGIMES),
+    "SPLoRA (as released)": ("05", "splora_released", PAPER_REGIMES),
+}
+# The papers' numbers at 7B scale, as docs/methods.md quotes them (harmful rates).
+PAPER = pd.DataFrame(
+    [
+        ("Qi et al. 2024", "Llama-2-7b-chat, benign Alpaca, full fine-tune", "0.3% → 16.1%"),
+        ("Qi et al. 2024", "Llama-2-7b-chat, 10 harmful examples", "0.3% → 50.0%"),
+        ("Qi et al. 2024", "Llama-2-7b-chat, 100 harmful examples", "0.3% → 80.0%"),
+        ("SaLoRA (secondary source)", "Llama-2-7b-chat, Alpaca: LoRA → SaLoRA", "23.7% → 3.5%"),
+    ],
+    columns=["paper", "setting", "harmful rate"],
+)
+
+
+def check_metrics(metrics: Mapping[str, Mapping[str, float]], profile: str) -> None:
+    """Raise a clear error if a notebook this synthesis reads has not recorded its metrics."""
+    missing = [n for n in NEEDED if n not in metrics]
+    if missing:
+        raise RuntimeError(
+            f"The metrics file has no results of notebook(s) {', '.join(missing)}. Run them first "
+            f"with the same profile and metrics file, e.g. `safealign course --profile {profile} "
+            f"--only {' '.join(NEEDED)}`, then rerun this notebook."
+        )
+
+
+def load_metrics(metrics_file: str | None, profile: str) -> dict[str, dict[str, float]]:
+    """The run's metrics (``metrics_file``; None: build/metrics.json), checked by
+    :func:`check_metrics`."""
+    metrics = metrics_io.load(metrics_file, must_exist=True)
+    check_metrics(metrics, profile)
+    return metrics
+
+
+def _get(metrics: Mapping[str, Mapping[str, float]], nb: str, key: str) -> float:
+    return float(metrics.get(nb, {}).get(key, math.nan))
+
+
+def _mean_sd(metrics: Mapping[str, Mapping[str, float]], nb: str, key: str) -> str:
+    mean, sd = _get(metrics, nb, key), _get(metrics, nb, f"{key}_sd")
+    if math.isnan(mean):
+        return "—"
+    return fmt_mean_sd(mean, sd, 3) if not math.isnan(sd) else f"{mean:.3f}"
+
+
+def erosion_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Notebook 01: plain LoRA per condition — the exact judge's harmful rate (mean ± sd where
+    recorded), the keyword refusal rate and utility; the chat model first."""
+    rows = [
+        {
+            "condition": "chat (no fine-tune)",
+            "harmful rate": _mean_sd(metrics, "01", "harmful_rate_chat"),
+        }
+    ]
+    for c in EROSION:
+        rows.append(
+            {
+                "condition": c,
+                "harmful rate": _mean_sd(metrics, "01", f"harmful_rate_{c}"),
+                "keyword refusal rate, harmful prompts": _get(metrics, "01", f"refusal_rate_{c}"),
+                "utility": _get(metrics, "01", f"utility_{c}"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("condition").round(3)
+
+
+def _verdict(metrics: Mapping[str, Mapping[str, float]], nb: str, slug: str) -> str:
+    v = _get(metrics, nb, f"verdict_{slug}")
+    return {1.0: "holds", 0.0: "not shown", -1.0: "void"}.get(v, "—")
+
+
+def methods_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Each method in each regime it was tested on: harmful rate and utility of LoRA and of the
+    method (mean ± sd over seeds), the random-k baseline where the method selects modules, and
+    the pre-declared verdict in the papers' regimes."""
+    rows = []
+    for method, (nb, slug, regimes) in METHODS.items():
+        for c in regimes:
+            paper = c in PAPER_REGIMES
+            rows.append(
+                {
+                    "method": method,
+                    "regime": c + ("" if paper else " (stress test)"),
+                    "LoRA harmful rate": _mean_sd(metrics, nb, f"harmful_rate_lora_{c}"),
+                    "method harmful rate": _mean_sd(metrics, nb, f"harmful_rate_{slug}_{c}"),
+                    "random-k harmful rate": _mean_sd(
+                        metrics, nb, f"harmful_rate_randomk_{slug}_{c}"
+                    ),
+                    "LoRA utility": _get(metrics, nb, f"utility_lora_{c}"),
+                    "method utility": _get(metrics, nb, f"utility_{slug}_{c}"),
+                    "verdict": _verdict(metrics, nb, slug) if paper else "—",
+                }
+            )
+    return pd.DataFrame(rows).set_index(["method", "regime"]).round(3)
+
+
+def verdict_counts(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, int]:
+    """How many of the pre-declared tests were run, held, failed and were void."""
+    values = [_get(metrics, nb, f"verdict_{slug}") for nb, slug, _ in METHODS.values()]
+    values = [v for v in values if not math.isnan(v)]
+    return {
+        "n_verdicts": len(values),
+        "n_held": sum(v == 1 for v in values),
+        "n_failed": sum(v == 0 for v in values),
+        "n_void": sum(v == -1 for v in values),
+    }
+
+
+def direction_repair(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Notebook 02's repair: the chat model's refusal direction added back to the harmful100
+    fine-tunes (first-token refusal probability), what ablating it does to the chat model, and
+    what adding it does to benign prompts (why it cannot be added everywhere)."""
+    m = metrics.get("02", {})
+    rows = [
+        ("chat model: keyword refusal rate", m.get("refusal_rate_chat")),
+        ("chat model, refusal direction ablated", m.get("refusal_rate_chat_ablated")),
+        (
+            "harmful100 fine-tune: first-token refusal probability",
+            m.get("first_token_refusal_prob_harmful100"),
+        ),
+        (
+            "… with the direction added back",
+            m.get("first_token_refusal_prob_harmful100_direction_added"),
+        ),
+        ("chat model on benign prompts: keyword refusal rate", m.get("refusal_rate_benign_chat")),
+        (
+            "… with the direction added (it alone makes benign prompts refused)",
+            m.get("refusal_rate_benign_with_addition"),
+        ),
+    ]
+    return pd.DataFrame(rows, columns=["measurement", "value"]).set_index("measurement").round(3)
+
+
+def why_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Notebook 03's section 7 on benign_instruct: harmful rate of LoRA, SaLoRA and SaLoRA with
+    the decision token in X_h, and the KL to the chat model at the first answer position
+    against the later ones."""
+    c = "benign_instruct"
+    rows = []
+    for name, slug in (
+        ("LoRA", "lora"),
+        ("SaLoRA", "salora"),
+        ("SaLoRA, decision-token X_h", "salora_decision"),
+    ):
+        rows.append(
+            {
+                "model": name,
+                "harmful rate": _mean_sd(metrics, "03", f"harmful_rate_{slug}_{c}"),
+                "KL, first answer token": _get(metrics, "03", f"kl_first_token_{slug}_{c}"),
+                "KL, later tokens (mean)": _get(metrics, "03", f"kl_later_tokens_{slug}_{c}"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("model").round(4)
+
+
+def reading(metrics: Mapping[str, Mapping[str, float]]) -> str:
+    """One line per method in its paper's regime(s), written from this run's numbers."""
+    lines = []
+    for method, (nb, slug, regimes) in METHODS.items():
+        for c in (r for r in regimes if r in PAPER_REGIMES):
+            lora, meth = (
+                _get(metrics, nb, f"harmful_rate_lora_{c}"),
+                _get(metrics, nb, f"harmful_rate_{slug}_{c}"),
+            )
+            if math.isnan(lora) or math.isnan(meth):
+                continue
+            rand = _get(metrics, nb, f"harmful_rate_randomk_{slug}_{c}")
+            vs_rand = "" if math.isnan(rand) else f", random modules of the same number {rand:.3f}"
+            lines.append(
+                f"- {method} on {c}: harmful rate {meth:.3f} against LoRA's {lora:.3f}{vs_rand}; "
+                f"verdict: {_verdict(metrics, nb, slug)}."
+            )
+    return "\n".join(lines)
+
+
+# --- the README's results block, generated from a recorded run (never typed) -------------------
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def baseline_values(baseline: Mapping) -> dict[str, dict[str, float]]:
+    """The recorded values of a regression baseline (``baselines/<profile>.json``)."""
+    return {
+        nb: {k: float(v["value"]) for k, v in keys.items()}
+        for nb, keys in baseline["notebooks"].items()
+    }
+
+
+def readme_block(metrics: Mapping[str, Mapping[str, float]], source: str) -> str:
+    """The README's results: plain LoRA's harmful rate per condition, then each method in its
+    paper's regime (harmful rate and utility of LoRA → the method, random modules, verdict),
+    from ``metrics`` (named by ``source``)."""
+    lines = [
+        BEGIN,
+        f"<!-- generated by `python -m safealign_lib.course.synthesis` from {source}; "
+        "do not edit by hand -->",
+        "",
+        "| plain LoRA on | harmful rate (exact judge, mean ± sd over seeds) |",
+        "|---|---|",
+    ]
+    erosion = erosion_table(metrics)
+    lines += [f"| {c} | {row['harmful rate']} |" for c, row in erosion.iterrows()]
+    lines += [
+        "",
+        "| method | regime | harmful rate: LoRA → method | random modules | utility: LoRA → "
+        "method | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    table = methods_table(metrics)
+    for (method, regime), r in table.iterrows():
+        if regime not in PAPER_REGIMES:
+            continue
+        lines.append(
+            f"| {method} | {regime} | {r['LoRA harmful rate']} → {r['method harmful rate']} | "
+            f"{r['random-k harmful rate']} | {r['LoRA utility']:.3f} → {r['method utility']:.3f} "
+            f"| {r['verdict']} |"
+        )
+    return "\n".join([*lines, "", END])
+
+
+def update_readme(readme: str, block: str) -> str:
+    """``readme`` with the text between the results markers replaced by ``block``."""
+    if BEGIN not in readme or END not in readme:
+        raise ValueError(f"The README has no {BEGIN} … {END} markers to fill.")
+    head, rest = readme.split(BEGIN, 1)
+    return head + block + rest.split(END, 1)[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the README's results block from a baseline file (default: the cpu baseline)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--readme", default="README.md")
+    ap.add_argument("--baseline", default="baselines/cpu.json")
+    args = ap.parse_args(argv)
+    values = baseline_values(json.loads(Path(args.baseline).read_text()))
+    path = Path(args.readme)
+    path.write_text(update_readme(path.read_text(), readme_block(values, args.baseline)))
+    print(f"{path}: results block rewritten from {args.baseline}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""Regression runs (course/regress.py): tolerances, comparison, baselines, the CLI; a real
+injected fault (a keyword judge that never refuses) fails the smoke baseline; the same seeds give
+the same metrics on notebook 01's training path."""
+
+import dataclasses
+import json
+import math
+import os
+import textwrap
+
+import pandas as pd
+import pytest
+
+from safealign_lib.course import cli, metrics_io, regress, runner
+
+SMOKE = regress.BASELINE_DIR / "smoke.json"
+
+
+def _run(**overrides):
+    """Metrics of notebook 04: every contract key, three recorded extras (a count, a rate and a
+    continuous value) and a timing key."""
+    keys = regress.baseline_keys("smoke")["04"]
+    extras = {"n_seeds": 3.0, "refusal_rate_x": 0.5, "extra_spread": 2.0, "wall_s": 9.0}
+    m = dict.fromkeys(keys, 0.5) | extras
+    return {"04": m | overrides}
+
+
+def _baseline(**overrides):
+    return regress.make_baseline([_run(**overrides)], "smoke", partial=True)  # 04 only
+
+
+def _verdicts(rows):
+    return {r.key: r.verdict for r in rows}
+
+
+def test_tolerance_rule_per_kind():
+    m = {"n_seeds": 3.0, "harmful_rate_x": 0.4, "harmful_rate_x_sd": 0.15, "spread": 4.0}
+    floor = 2 / 48
+    assert regress.tolerance("n_seeds", m, 0.0, floor).abs == 0.0  # counts are exact
+    assert regress.tolerance("invariance_max_abs_err", m, 0.0, floor).abs == 1e-4
+    seed = regress.tolerance("harmful_rate_x", m, 0.0, floor)
+    assert seed.abs == pytest.approx(2 * 0.15 / math.sqrt(3)) and "harmful_rate_x_sd" in seed.how
+    assert regress.tolerance("harmful_rate_x_sd", m, 0.0, floor).abs == pytest.approx(0.15)
+    assert regress.tolerance("refusal_rate_y", m, 0.0, floor).abs == floor
+    assert regress.tolerance("refusal_rate_y", m, 0.1, floor, runs=2).abs == pytest.approx(0.2)
+    cont = regress.tolerance("spread", m, 0.0, floor)
+    assert (cont.abs, cont.rel) == (0.0, 0.05) and cont.allowed(4.0) == pytest.approx(0.2)
+
+
+def test_unchanged_metrics_pass_and_every_key_is_compared():
+    rows = regress.compare(_baseline(), _run())
+    assert not any(r.failed for r in rows)
+    # every contract key and the recorded extra; the timing key is never compared
+    assert len(rows) == len(regress.baseline_keys("smoke")["04"]) + 3
+    assert "wall_s" not in _verdicts(rows)
+
+
+def test_absolute_and_relative_tolerances_bound_the_move():
+    base, floor = _baseline(), 2 / 48  # rate: absolute floor; continuous: 5% relative
+    inside = _run(refusal_rate_x=0.5 + floor * 0.99, extra_spread=2.0 * 1.049)
+    assert not any(r.failed for r in regress.compare(base, inside))
+    outside = _run(refusal_rate_x=0.5 - floor * 1.01, extra_spread=2.0 * 0.949)
+    v = _verdicts(regress.compare(base, outside))
+    assert v["refusal_rate_x"] == v["extra_spread"] == "MOVED"
+
+
+def test_missing_fails_new_passes_nan_fails():
+    run = _run(diem_null_var_ratio_n4096_vs_n16=math.nan, brand_new=1.0, latency_ratio_x=2.0)
+    del run["04"]["ediem_released_spread"]
+    rows = regress.compare(_baseline(), run)
+    v = _verdicts(rows)
+    assert v["ediem_released_spread"] == "MISSING"
+    assert v["diem_null_var_ratio_n4096_vs_n16"] == "NOT FINITE"
+    assert v["brand_new"] == "new" and "latency_ratio_x" not in v
+    assert {r.key for r in rows if r.failed} == {
+        "ediem_released_spread",
+        "diem_null_var_ratio_n4096_vs_n16",
+    }
+    table = regress.format_table(rows)
+    assert "MISSING" in table and "brand_new" in table and "1 missing" in table
+
+
+def test_a_missing_notebook_fails_and_an_unknown_one_is_new():
+    base = _baseline()
+    rows = regress.compare(base, {"07": {"x_rate": 1.0}})
+    assert {r.verdict for r in rows if r.notebook == "04"} == {"MISSING"}
+    assert [(r.notebook, r.key, r.verdict) for r in rows if r.notebook == "07"] == [
+        ("07", "x_rate", "new")
+    ]
+    assert regress.compare(base, {}, notebooks=["00"]) == []
+
+
+def test_baseline_needs_every_contract_key_or_partial():
+    run = _run()
+    del run["04"]["ediem_released_spread"]
+    with pytest.raises(ValueError, match="04:ediem_released_spread"):
+        regress.make_baseline([run], "smoke")
+    base = regress.make_baseline([run], "smoke", partial=True)
+    assert "04:ediem_released_spread" in base["left_out"] and "00 (no metrics)" in base["left_out"]
+
+
+def test_rerun_spread_widens_the_tolerance():
+    base = regress.make_baseline([_run(), _run(extra_spread=2.03)], "smoke", partial=True)
+    spec = base["notebooks"]["04"]["extra_spread"]
+    assert spec["rel"] == 0.05 and spec["abs"] == pytest.approx(0.06)
+    assert "over 2 runs" in spec["how"]
+
+
+def test_write_refuses_to_overwrite_and_load_checks(tmp_path):
+    f = tmp_path / "b.json"
+    regress.write_baseline(f, _baseline())
+    with pytest.raises(FileExistsError, match="--update"):
+        regress.write_baseline(f, _baseline())
+    assert regress.load_baseline(f)["profile"] == "smoke"
+    f.write_text(json.dumps({"notebooks": {}}))
+    with pytest.raises(ValueError, match="not a baseline"):
+        regress.load_baseline(f)
+    with pytest.raises(FileNotFoundError, match="--update"):
+        regress.load_baseline(tmp_path / "none.json")
+
+
+def _metrics_file(path, run, profile="smoke"):
+    for num, values in run.items():
+        metrics_io.record(num, values, path)
+        metrics_io.record_provenance(num, {"profile": profile, "commit": "abc"}, path)
+    return path
+
+
+def test_cli_compares_updates_and_reports_provenance(tmp_path, capsys):
+    m = _metrics_file(tmp_path / "m.json", _run())
+    b = tmp_path / "b.json"
+    args = ["course", "regress", "--baseline", str(b), "--metrics", str(m)]
+    assert cli.main(args) == 2  # no baseline yet: a one-line error, nothing written
+    assert not b.exists() and "--update" in capsys.readouterr().err
+    assert cli.main([*args, "--update"]) == 2  # notebook 04 only: needs --partial
+    assert cli.main([*args, "--update", "--partial", "--profile", "cpu"]) == 2  # not its profile
+    assert cli.main([*args, "--update", "--partial"]) == 0 and b.is_file()  # profile: provenance
+    assert cli.main(args) == 0
+    before = b.read_text()
+    moved = _metrics_file(tmp_path / "m2.json", _run(ediem_empirical_spread=0.9))
+    # the runner records provenance after the metrics; a new commit differs
+    metrics_io.record_provenance("04", {"profile": "smoke", "commit": "def"}, moved)
+    capsys.readouterr()
+    assert cli.main(["course", "regress", "--baseline", str(b), "--metrics", str(moved)]) == 1
+    out = capsys.readouterr().out
+    assert "04:ediem_empirical_spread" in out and "MOVED" in out and "commit: abc -> def" in out
+    assert b.read_text() == before  # a comparison never writes the baseline
+
+
+def test_shipped_baselines_expect_only_current_contract_keys():
+    # contract keys added since a baseline was made are reported as new (they pass); a key the
+    # contract dropped would fail every run as MISSING until the baseline is rewritten
+    for profile in ("smoke", "cpu"):
+        base = regress.load_baseline(regress.BASELINE_DIR / f"{profile}.json")
+        assert base["profile"] == profile and len(base["notebooks"]) >= 6
+        current = regress.baseline_keys(profile)
+        specs = {(n, k): v for n, e in base["notebooks"].items() for k, v in e.items()}
+        assert len(specs) > 150 and all(spec["how"] for spec in specs.values())
+        stale = [nk for nk, v in specs.items() if v["contract"] and nk[1] not in current[nk[0]]]
+        assert not stale, f"rewrite baselines/{profile}.json (README, 'Regression runs')"
+
+
+@pytest.mark.notebook
+def test_a_judge_that_never_refuses_fails_the_smoke_regression(tmp_path, monkeypatch):
+    """A real fault, injected into the notebook's kernel (not an edited number): a
+    ``sitecustomize`` on the kernel's PYTHONPATH makes the keyword judge never refuse."""
+    hook, marker = tmp_path / "hook", tmp_path / "kernel_was_patched"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        textwrap.dedent(f"""
+        import pathlib
+
+        from safealign_lib.evaluation import judges
+
+        judges.KeywordJudge.__call__ = lambda self, prompts, responses: [False] * len(responses)
+        pathlib.Path({str(marker)!r}).write_text("patched")
+        """)
+    )
+    old = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), old])))
+    mfile = tmp_path / "metrics.json"
+    nb = runner.list_notebooks(["00"])[0]
+    runner.run_notebook(nb, {"profile": "smoke", "metrics_file": str(mfile)}, tmp_path, 600)
+    assert marker.is_file(), "the kernel did not inherit PYTHONPATH: the fault was not injected"
+    rows = regress.compare(regress.load_baseline(SMOKE), metrics_io.load(mfile), ["00"])
+    failed = {r.key for r in rows if r.failed}
+    assert {"chat_refusal_rate_harmful_heldout", "chat_refusal_rate_harmful_unseen_tasks"} <= failed
+    assert len(rows) >= 7
+
+
+def test_same_seed_same_metrics_on_notebook_01s_training_path(tmp_path):
+    """Notebook 01's own code path (``conditions.run_conditions``: train, save, reload,
+    evaluate) twice with the same seed on the organism: identical losses and metrics. (The
+    library-level check on a random model: tests/test_finetune.py.)"""
+    from safealign_lib import data, models
+    from safealign_lib.course import conditions, profiles
+    from safealign_lib.evaluation import Evaluator
+
+    P = profiles.get_profile("smoke", seeds=[0], n_eval=12, n_task_eval=6, n_task_train=24)
+    P = P.with_overrides(train=dataclasses.replace(P.train, steps=4))
+    tok = models.load_tokenizer(P.chat_model)
+    ev = Evaluator.from_profile(P, tok, task=data.load_split("task_test")[: P.n_task_eval])
+    results = [
+        conditions.run_conditions(
+            P, tok, ev, conditions=("harmful10",), root=tmp_path / str(i), verbose=False
+        )
+        for i in range(2)
+    ]
+    (runs_a, losses_a), (runs_b, losses_b) = results
+    assert len(losses_a[("harmful10", 0)]) == 4  # both runs trained (no shared cache)
+    assert losses_a == losses_b
+    pd.testing.assert_frame_equal(runs_a, runs_b, check_exact=True)

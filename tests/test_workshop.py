@@ -1,0 +1,403 @@
+"""Workshop mode: the exercise notebooks, their generator, and the exercises' check functions.
+
+The check functions run directly on code taken from the notebooks (no notebook execution): the
+solution between the markers must PASS, the generated stub must FAIL without a traceback, and a
+typical wrong answer per check function must FAIL too.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from safealign_lib.course import cli, exercises, nbtools, workshop
+
+SOLUTIONS = sorted(workshop.solution_dir().glob("[0-9][0-9]_*.ipynb"))
+# Exercises whose function no later cell uses yet, with the reason (strict xfail as well).
+UNUSED_OK = {
+    "check_auarc": "notebook 05: no cell applies my_auarc to the test answers yet",
+    "check_paired_verdict": "notebook 06: no cell recomputes a verdict with paired_verdict yet",
+}
+
+
+def _cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def _src(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def _exercise_cells(path: Path) -> list[str]:
+    return [
+        _src(c) for c in _cells(path) if c["cell_type"] == "code" and workshop.CHECK_CALL in _src(c)
+    ]
+
+
+def _split(source: str) -> tuple[str, list[tuple[str, str]]]:
+    """A cell's code without its ``exercises.check_*(fn)`` calls, and those (check, fn) pairs."""
+    tree = ast.parse(source)
+    calls, body = [], []
+    for node in tree.body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr.startswith("check_")
+        ):
+            calls.append((call.func.attr, ast.unparse(call.args[0])))
+        else:
+            body.append(node)
+    return ast.unparse(ast.Module(body=body, type_ignores=[])), calls
+
+
+def _notebook_namespace(path: Path) -> dict:
+    """The names the notebook imports anywhere (its exercise code runs among them)."""
+    ns: dict = {}
+    for cell in _cells(path):
+        if cell["cell_type"] != "code":
+            continue
+        try:
+            tree = ast.parse(_src(cell))
+        except SyntaxError:
+            continue
+        imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        exec(compile(ast.Module(body=imports, type_ignores=[]), str(path), "exec"), ns)
+    return ns
+
+
+def _exercise_cases() -> list:
+    cases = []
+    for path in SOLUTIONS:
+        for i, src in enumerate(_exercise_cells(path)):
+            if workshop.BEGIN not in src:
+                continue  # not marked yet: test_every_exercise_cell_is_marked reports it
+            for check, fn in _split(src)[1]:
+                cases.append(pytest.param(path, i, check, fn, id=f"{path.name[:2]}-{check}"))
+    return cases
+
+
+def _load(path: Path, source: str, fn: str) -> Callable:
+    code, _ = _split(source)
+    ns = _notebook_namespace(path)
+    exec(compile(code, f"{path.name} exercise cell", "exec"), ns)
+    return ns[fn]
+
+
+# --- typical mistakes, one or more per check function ------------------------------------------
+
+
+def _judge_case_insensitive(response, keywords):
+    text = response.replace("\u2019", "'")
+    return any(k.lower() in text.lower() for k in keywords)
+
+
+def _judge_no_apostrophe(response, keywords):
+    return any(k in response for k in keywords)
+
+
+def _prob_wrong_dim(last_logits, refusal_ids):
+    return last_logits.softmax(dim=0)[:, refusal_ids].sum(dim=-1)
+
+
+def _prob_no_softmax(last_logits, refusal_ids):
+    return last_logits[:, refusal_ids].sum(dim=-1)  # logits, not probabilities
+
+
+def _population_sd(values):
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _direction_wrong_sign(features, labels):
+    return features[:, labels == 0].mean(axis=1) - features[:, labels == 1].mean(axis=1)
+
+
+def _direction_normalised(features, labels):
+    r = features[:, labels == 1].mean(axis=1) - features[:, labels == 0].mean(axis=1)
+    return r / np.linalg.norm(r, axis=-1, keepdims=True)
+
+
+def _null_std(n, v_min, v_max, n_pairs=20000, seed=0):
+    rng = np.random.default_rng(seed)
+    a, b = (rng.random((n_pairs, n)) * (v_max - v_min) + v_min for _ in range(2))
+    d = np.linalg.norm(a - b, axis=1)
+    return float(np.median(d)), float(np.std(d))
+
+
+def _null_unit_range(n, v_min, v_max, n_pairs=20000, seed=0):
+    rng = np.random.default_rng(seed)
+    d = np.linalg.norm(rng.random((n_pairs, n)) - rng.random((n_pairs, n)), axis=1)
+    return float(np.median(d)), float(np.var(d))  # ignores [v_min, v_max]
+
+
+def _diem_over_sd(a, b, v_min, v_max, null):
+    d = torch.linalg.vector_norm(a - b, dim=-1)
+    return (v_max - v_min) * (d - null.center) / null.variance**0.5
+
+
+def _diem_no_range(a, b, v_min, v_max, null):
+    return (torch.linalg.vector_norm(a - b, dim=-1) - null.center) / null.variance
+
+
+def _c_keeps_safety(W, X, r_s):
+    U = torch.linalg.svd(W @ X.T, full_matrices=False).U[:, :r_s]
+    return U @ U.T  # the wrong sign of SaLoRA's first public commit
+
+
+def _c_centred(W, X, r_s):
+    U = torch.linalg.svd(W @ (X - X.mean(0)).T, full_matrices=False).U[:, :r_s]
+    return torch.eye(W.shape[0]) - U @ U.T
+
+
+def _auarc_least_certain_first(uncertainty, utility):
+    y = np.asarray(utility, float)[np.argsort(uncertainty)[::-1]]
+    return float(np.mean(np.cumsum(y) / np.arange(1, len(y) + 1)))
+
+
+# check function -> [(typical mistake, what its FAIL line must say)]
+def _verdict_unpaired(lora, method, min_lora, n_se):
+    if np.mean(lora) < min_lora:
+        return -1
+    if len(lora) < 2:
+        return 0
+    se = np.sqrt((np.var(lora, ddof=1) + np.var(method, ddof=1)) / len(lora))  # two groups
+    return int(np.mean(method) - np.mean(lora) <= -n_se * se)
+
+
+def _verdict_population_sd(lora, method, min_lora, n_se):
+    if np.mean(lora) < min_lora:
+        return -1
+    d = np.subtract(method, lora)
+    return int(len(d) > 1 and d.mean() <= -n_se * d.std() / np.sqrt(len(d)))
+
+
+WRONG: dict[str, list[tuple[Callable, str]]] = {
+    "check_keyword_judge": [
+        (_judge_case_insensitive, 'on "i\'m sorry" expected refused=False'),
+        (_judge_no_apostrophe, "I can\u2019t provide"),
+    ],
+    "check_first_token_prob": [(_prob_wrong_dim, "dim=0"), (_prob_no_softmax, "softmax")],
+    "check_mean_sd": [(_population_sd, "ddof=1")],
+    "check_diff_in_means": [
+        (_direction_wrong_sign, "the sign"),
+        (_direction_normalised, "not r / ||r||"),
+    ],
+    "check_diem_null": [
+        (_null_std, "not the standard deviation"),
+        (_null_unit_range, "uniformly on [v_min, v_max]"),
+    ],
+    "check_diem": [
+        (_diem_over_sd, "not the standard deviation"),
+        (_diem_no_range, "multiply by the range"),
+    ],
+    "check_safety_module": [(_c_keeps_safety, "wrong sign"), (_c_centred, "do not centre")],
+    "check_auarc": [(_auarc_least_certain_first, "sort by increasing uncertainty")],
+    "check_paired_verdict": [
+        (_verdict_unpaired, "an unpaired standard error"),
+        (_verdict_population_sd, "ddof=1"),
+    ],
+}
+
+
+def test_every_check_function_has_a_typical_mistake():
+    checks = {n for n, _ in inspect.getmembers(exercises, inspect.isfunction) if n[:6] == "check_"}
+    assert checks == set(WRONG)
+
+
+@pytest.mark.parametrize(
+    "check, wrong, says",
+    [pytest.param(c, w, s, id=w.__name__) for c, ws in WRONG.items() for w, s in ws],
+)
+def test_check_rejects_a_typical_mistake(check, wrong, says, capsys):
+    assert getattr(exercises, check)(wrong) is False
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL") and says in out
+
+
+@pytest.mark.parametrize("check", sorted(WRONG))
+def test_check_reports_an_unwritten_exercise(check, capsys):
+    def unwritten(*args, **kwargs):
+        raise NotImplementedError("the hint")
+
+    assert getattr(exercises, check)(unwritten) is False  # a FAIL line, not a traceback
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL") and "NotImplementedError: the hint" in out
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in SOLUTIONS if _exercise_cells(p)], ids=lambda p: p.name[:2]
+)
+def test_every_exercise_cell_is_marked(path):
+    assert all(workshop.BEGIN in src for src in _exercise_cells(path))
+
+
+def test_the_course_has_marked_exercises():
+    assert len(_exercise_cases()) >= 6  # 00, 01 (two), 02, 04 (two)
+
+
+@pytest.mark.parametrize("path, i, check, fn", _exercise_cases())
+def test_solution_passes_and_stub_fails(path, i, check, fn, capsys):
+    source = _exercise_cells(path)[i]
+    assert getattr(exercises, check)(_load(path, source, fn)) is True
+    assert capsys.readouterr().out.startswith("PASS")
+    stub = _load(path, workshop.exercise_source(source), fn)
+    assert getattr(exercises, check)(stub) is False  # reported, not raised
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL") and "NotImplementedError" in out
+
+
+@pytest.mark.parametrize("path, i, check, fn", _exercise_cases())
+def test_learner_function_is_used_after_the_check(path, i, check, fn, request):
+    """The exercise's function feeds a later cell (not a PASS that nothing uses); the metrics
+    cell never depends on it."""
+    if check in UNUSED_OK:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=UNUSED_OK[check]))
+    cells = [_src(c) for c in _cells(path) if c["cell_type"] == "code"]
+    at = cells.index(_exercise_cells(path)[i])
+    users = [s for s in cells[at + 1 :] if fn in _names(s)]  # called, or passed on
+    assert users, f"no cell after the exercise uses {fn}"
+    assert fn not in _names(cells[-1])
+
+
+def _names(source: str) -> set[str]:
+    try:
+        return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    except SyntaxError:
+        return set()
+
+
+# --- the generated notebooks -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exercises")
+    workshop.write_exercises(out)
+    return out
+
+
+def test_committed_exercise_notebooks_are_in_sync(generated):
+    """`make exercises` after editing a solution notebook; this fails until it is rerun."""
+    committed = sorted(p.name for p in workshop.exercise_dir().glob("*.ipynb"))
+    assert committed == sorted(p.name for p in generated.glob("*.ipynb"))
+    for name in committed:
+        assert (workshop.exercise_dir() / name).read_text() == (generated / name).read_text(), name
+
+
+def test_exercise_notebooks_hold_no_solution(generated):
+    for path in generated.glob("*.ipynb"):
+        text = path.read_text()
+        assert workshop.BEGIN not in text and "<summary>Solution" not in text
+        assert "NotImplementedError" in text
+        assert nbtools.shape_problems(path) == []  # parameters cell, metrics cell, ...
+
+
+# --- the generator's rules ---------------------------------------------------------------------
+
+CELL = """import math
+
+
+def f(x):
+    # BEGIN SOLUTION
+    # HINT: add one.
+    y = x + 1
+    return y
+    # END SOLUTION
+
+
+exercises.check_f(f)
+"""
+
+
+def test_exercise_source_replaces_the_block_with_a_stub():
+    out = workshop.exercise_source(CELL)
+    assert "x + 1" not in out and 'raise NotImplementedError("add one.")' in out
+    assert out.endswith("exercises.check_f(f)\n")
+    assert out.startswith("import math  # noqa: F401")  # kept for the learner's code
+    ns: dict = {}
+    exec(_split(out)[0], ns)
+    with pytest.raises(NotImplementedError, match="add one"):
+        ns["f"](1)
+
+
+def test_long_hint_is_wrapped_as_ruff_formats_it():
+    long = CELL.replace("add one.", "x" * 80)
+    lines = workshop.exercise_source(long).splitlines()
+    assert max(map(len, lines)) <= 100 and "    raise NotImplementedError(" in lines
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (CELL.replace("    # END SOLUTION\n", ""), "has no"),
+        (CELL.replace("    # BEGIN SOLUTION\n", ""), "without"),
+        (CELL.replace("    # HINT: add one.\n", ""), "HINT"),
+        (CELL.replace("add one.", 'add "one"'), "double quote"),
+    ],
+)
+def test_malformed_markers_are_named(bad, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        workshop.exercise_source(bad, "nb, cell 3")
+    nb = json.loads(SOLUTIONS[0].read_text())  # and `make lint` (nbtools) reports them
+    i = next(i for i, c in enumerate(nb["cells"]) if workshop.CHECK_CALL in _src(c))
+    nb["cells"][i]["source"] = bad.splitlines(keepends=True)
+    (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
+    assert any(message in p for p in nbtools.shape_problems(tmp_path / "nb.ipynb"))
+
+
+def test_solution_markdown_is_removed_and_its_text_kept():
+    md = "<details><summary>Solution</summary>\n\n```python\nx\n```\n</details>\n\nMore text."
+    assert workshop.without_solution(md) == "More text."
+    assert workshop.without_solution("<details><summary>Hint</summary>h</details>") != ""
+
+
+def test_unmarked_exercise_cell_is_refused():
+    nb = {
+        "cells": [
+            {"cell_type": "code", "source": "def f(x):\n    return x\n\n\nexercises.check_f(f)\n"}
+        ]
+    }
+    with pytest.raises(ValueError, match="without '# BEGIN SOLUTION'"):
+        workshop.exercise_notebook(nb, "00_x.ipynb")
+
+
+def test_generator_never_overwrites_a_learners_edits(tmp_path, capsys):
+    source = [SOLUTIONS[0]]
+    (written,), _ = workshop.write_exercises(tmp_path, source)
+    workshop.write_exercises(tmp_path, source)  # an untouched generated file: replaced
+    nb = json.loads(written.read_text())
+    nb["cells"][1]["source"] = ["profile = 'smoke'  # my edit\n"]
+    written.write_text(json.dumps(nb))
+    with pytest.raises(FileExistsError, match="--force"):
+        workshop.write_exercises(tmp_path, source)
+    assert "my edit" in written.read_text()
+    assert cli.main(["course", "exercises", "--output", str(tmp_path)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert cli.main(["course", "exercises", "--output", str(tmp_path), "--force"]) == 0
+    assert "my edit" not in written.read_text()
+
+
+def test_generator_refuses_a_file_it_did_not_write(tmp_path):
+    (tmp_path / SOLUTIONS[0].name).write_text('{"cells": []}')
+    with pytest.raises(FileExistsError):
+        workshop.write_exercises(tmp_path, [SOLUTIONS[0]])
+
+
+def test_without_a_checkout_the_generator_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(workshop, "REPO_ROOT", None)  # a site-packages install
+    with pytest.raises(FileNotFoundError, match="pip install -e"):
+        workshop.write_exercises()
+
+
+def test_code_line_budget_leaves_out_the_solutions(tmp_path):
+    code = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None}
+    nb = {"cells": [{**code, "source": CELL}], "metadata": {}}
+    (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
+    assert nbtools.code_lines(tmp_path / "nb.ipynb") == 3  # import, def line, check call
