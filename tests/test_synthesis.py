@@ -94,7 +94,7 @@ def test_paired_verdict_check_rejects_the_typical_mistakes():
 def test_readme_block_is_generated_and_replaced_between_the_markers():
     block = synthesis.readme_block(METRICS, "a run")
     assert block.startswith(synthesis.BEGIN) and block.endswith(synthesis.END)
-    assert "| Safe LoRA | mixed | 0.500 → 0.100 | 0.400 | nan → nan | holds |" in block
+    assert "| Safe LoRA | mixed | — | 0.500 → 0.100 | 0.400 | nan → nan | holds |" in block
     assert "harmful10" not in block.split("| method |")[1]  # stress tests stay in notebook 06
     text = f"intro\n{synthesis.BEGIN}\nSTALE\n{synthesis.END}\nrest\n"
     new = synthesis.update_readme(text, block)

@@ -234,9 +234,15 @@ def evaluate_condition(
     res = evaluator.with_task(task_examples(condition, profile))(
         model, harmful_eval_prompts(condition, profile)
     )
-    benign = evaluator.refusal(model, data.load_split("benign_heldout")[: profile.n_eval])
-    res.summary["benign_answer_rate"] = float(1 - benign.refused.mean())
+    res.summary["benign_answer_rate"] = benign_answer_rate(evaluator, model, profile)
     return res
+
+
+def benign_answer_rate(evaluator: Evaluator, model: PreTrainedModel, profile: Profile) -> float:
+    """1 − the keyword refusal rate on held-out benign requests: a method must not win by
+    refusing everything."""
+    benign = evaluator.refusal(model, data.load_split("benign_heldout")[: profile.n_eval])
+    return float(1 - benign.refused.mean())
 
 
 def run_conditions(

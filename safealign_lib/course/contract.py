@@ -221,6 +221,8 @@ CONTRACTS: dict[str, NotebookContract] = {
             _HARMFUL,
         )
         + ("invariance_max_abs_err", "train_time_ratio_salora_vs_lora", "n_seeds", "wall_s")
+        # the criterion's guard on every condition: a method must not win by refusing everything
+        + _keys(("benign_answer_rate_lora", "benign_answer_rate_salora"), _HARMFUL)
         # SaLoRA in its paper's regime: a benign instruction fine-tune
         + _keys(
             (

@@ -24,6 +24,7 @@ from safealign_lib.adapters.naming import block_and_module
 from safealign_lib.config import LoraSettings, TrainSettings
 from safealign_lib.course.conditions import (
     INSTRUCT_CONDITIONS,
+    benign_answer_rate,
     evaluate_condition,
     get_adapter,
     harmful_eval_prompts,
@@ -232,8 +233,12 @@ class Comparison:
     def evaluate(self, model: PreTrainedModel, condition: str) -> dict[str, float]:
         """``condition``'s evaluation (:func:`~safealign_lib.course.conditions.
         evaluate_condition`): refusal rate and first-token refusal probability on its harmful
-        prompts, utility on its task set (and benign answer rate for instruction tuning)."""
-        return evaluate_condition(self.evaluator, model, condition, self.profile).summary
+        prompts, utility on its task set, and the benign answer rate (for every condition: the
+        criterion's guard against a method that refuses everything)."""
+        summary = evaluate_condition(self.evaluator, model, condition, self.profile).summary
+        if "benign_answer_rate" not in summary:
+            summary["benign_answer_rate"] = benign_answer_rate(self.evaluator, model, self.profile)
+        return summary
 
     def task_features(self, condition: str) -> Mapping[str, LayerFeatures]:
         """X_t for ``condition``'s initialisation: ``task_feats`` (dialogue summaries), or

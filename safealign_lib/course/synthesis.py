@@ -89,6 +89,12 @@ def erosion_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("condition").round(3)
 
 
+def _k(metrics: Mapping[str, Mapping[str, float]], nb: str, slug: str) -> str:
+    """The number of modules chosen on validation (module-selecting methods only)."""
+    k = _get(metrics, nb, f"k_own_{slug}")
+    return "—" if math.isnan(k) else str(int(k))
+
+
 def _verdict(metrics: Mapping[str, Mapping[str, float]], nb: str, slug: str) -> str:
     v = _get(metrics, nb, f"verdict_{slug}")
     return {1.0: "holds", 0.0: "not shown", -1.0: "void"}.get(v, "—")
@@ -111,6 +117,7 @@ def methods_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
                     "random-k harmful rate": _mean_sd(
                         metrics, nb, f"harmful_rate_randomk_{slug}_{c}"
                     ),
+                    "k": _k(metrics, nb, slug),
                     "LoRA utility": _get(metrics, nb, f"utility_lora_{c}"),
                     "method utility": _get(metrics, nb, f"utility_{slug}_{c}"),
                     "verdict": _verdict(metrics, nb, slug) if paper else "—",
@@ -227,19 +234,26 @@ def readme_block(metrics: Mapping[str, Mapping[str, float]], source: str) -> str
     lines += [f"| {c} | {row['harmful rate']} |" for c, row in erosion.iterrows()]
     lines += [
         "",
-        "| method | regime | harmful rate: LoRA → method | random modules | utility: LoRA → "
+        "| method | regime | k | harmful rate: LoRA → method | random modules | utility: LoRA → "
         "method | verdict |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     table = methods_table(metrics)
     for (method, regime), r in table.iterrows():
         if regime not in PAPER_REGIMES:
             continue
         lines.append(
-            f"| {method} | {regime} | {r['LoRA harmful rate']} → {r['method harmful rate']} | "
+            f"| {method} | {regime} | {r['k']} | {r['LoRA harmful rate']} → "
+            f"{r['method harmful rate']} | "
             f"{r['random-k harmful rate']} | {r['LoRA utility']:.3f} → {r['method utility']:.3f} "
             f"| {r['verdict']} |"
         )
+    lines += [
+        "",
+        "k: modules acted on, chosen on validation (0: the adapter is left as LoRA trained it; "
+        "SPLoRA as released prunes all but k − 1). Verdicts: the pre-declared tests of notebooks "
+        "03 and 05.",
+    ]
     return "\n".join([*lines, "", END])
 
 
