@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup course exercises test test-fast lint format organism data bench strip clean regress baseline readme
+.PHONY: setup course exercises test test-fast lint format organism data bench strip clean regress baseline readme site
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench: setup
 	$(BIN)/python bench/bench_course.py
 	$(BIN)/python bench/bench_salora.py
 	$(BIN)/python bench/bench_lowrank_scoring.py
+
+## Static HTML of the executed notebooks (after `make course`): build/site/index.html
+site: setup
+	$(BIN)/safealign course site
 
 ## Rewrite the README's results block from baselines/cpu.json (after `make baseline PROFILE=cpu`)
 readme: setup

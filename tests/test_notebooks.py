@@ -1,12 +1,16 @@
 """Every notebook: committed clean and in the course's shape; executed by papermill in the
 smoke profile, with the contract's checks (course/contract.py) on the metrics it recorded and
-the smoke regression run (its metrics against baselines/smoke.json, course/regress.py)."""
+the smoke regression run (its metrics against baselines/smoke.json, course/regress.py), and the
+static site of that run opened in headless Chromium (course/site.py)."""
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from safealign_lib.course import contract, metrics_io, nbtools, regress, runner
+from safealign_lib.course import contract, metrics_io, nbtools, regress, runner, site
 
 NOTEBOOKS = runner.list_notebooks()
 
@@ -80,3 +84,29 @@ def test_smoke_run_matches_the_smoke_baseline(smoke_run):
     assert len(compared) >= contract_keys - len(baseline["left_out"]) > 100
     hint = "\nAn intended change? Rewrite the baseline: README, 'Regression runs'."
     assert not any(r.failed for r in rows), "\n" + regress.format_table(rows) + hint
+
+
+def _dom(browser: str, page: Path) -> str:
+    """The page's DOM after load, from headless Chromium (scripts run, offline)."""
+    cmd = [browser, "--headless=new", "--no-sandbox", "--disable-gpu"]
+    cmd += ["--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+@pytest.mark.notebook
+def test_the_site_of_the_smoke_run_loads_in_a_browser(smoke_run, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium: install Debian's chromium package (.ci/run does) to run this")
+    records, metrics = smoke_run
+    executed = Path(next(iter(records.values())).path).parent
+    pages = site.build_site(executed, tmp_path / "site", metrics)
+    assert [p.number for p in pages] == sorted(records)
+    index = _dom(browser, tmp_path / "site" / "index.html")
+    for p in pages:
+        assert f'href="{p.html_name}"' in index and p.objectives, p.number
+        dom = _dom(browser, tmp_path / "site" / p.html_name)
+        # every embedded figure rendered, and no cell raised
+        assert f'data-figures="{p.n_figures}/{p.n_figures}"' in dom, p.number
+        assert p.n_errors == 0 and "Traceback (most recent call last)" not in dom, p.number
+    assert sum(p.n_figures for p in pages) > 10

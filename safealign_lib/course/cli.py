@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from safealign_lib import config, data
-from safealign_lib.course import metrics_io, profiles, regress, runner, workshop
+from safealign_lib.course import metrics_io, profiles, regress, runner, site, workshop
 from safealign_lib.models import organism
 
 
@@ -121,6 +121,19 @@ def _course_exercises(args: argparse.Namespace) -> int:
     return 0
 
 
+def _course_site(args: argparse.Namespace) -> int:
+    build = config.build_dir()
+    executed = Path(args.executed) if args.executed else build / "executed"
+    out = Path(args.output) if args.output else build / "site"
+    try:
+        pages = site.build_site(executed, out, metrics_io.load(args.metrics))
+    except FileNotFoundError as err:
+        print(f"safealign: error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {out / 'index.html'} and {len(pages)} notebook pages")
+    return 0
+
+
 def _metrics(args: argparse.Namespace) -> int:
     print(json.dumps(metrics_io.load(args.file, must_exist=True), indent=2))
     return 0
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--metrics-file", default=None)
     c.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
     c.set_defaults(fn=_course)
-    course_sub = c.add_subparsers(dest="course_cmd", metavar="{run,regress,exercises}")
+    course_sub = c.add_subparsers(dest="course_cmd", metavar="{run,regress,exercises,site}")
     ce = course_sub.add_parser(
         "exercises", help="write the exercise notebooks (solutions replaced by stubs)"
     )
@@ -187,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         "--force", action="store_true", help="overwrite exercise notebooks edited since"
     )
     ce.set_defaults(fn=_course_exercises)
+    cs = course_sub.add_parser("site", help="render the executed notebooks to static HTML")
+    cs.add_argument("--executed", default=None, help="default: build/executed")
+    cs.add_argument("--metrics", default=None, help="default: build/metrics.json")
+    cs.add_argument("--output", default=None, help="default: build/site")
+    cs.set_defaults(fn=_course_site)
     cr = course_sub.add_parser("run", help="run notebooks: a profile, parameters, an output folder")
     cr.add_argument("notebooks", nargs="*", default=[], help="notebook numbers, e.g. 00 03")
     # SUPPRESS: `course --profile smoke run` keeps smoke instead of resetting it to the default
