@@ -62,37 +62,35 @@ def _organism_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _course(args: argparse.Namespace) -> int:
-    metrics_file = Path(args.metrics_file) if args.metrics_file else None
+def _run_and_report(profile: str, only: list[str] | None, **kw: object) -> int:
+    """Run the notebooks (:func:`runner.run_course`), print the summary, or name the failure."""
     try:
-        records = runner.run_course(
-            args.profile, args.only, metrics_file=metrics_file, timeout_s=args.timeout
-        )
+        records = runner.run_course(profile, only, **kw)
     except runner.NotebookFailed as err:
         print(f"FAILED: {err}", file=sys.stderr)
         return 1
-    print(runner.summary_table(records, metrics_file))
+    print(runner.summary_table(records, kw.get("metrics_file")))
     return 0
+
+
+def _course(args: argparse.Namespace) -> int:
+    metrics_file = Path(args.metrics_file) if args.metrics_file else None
+    return _run_and_report(
+        args.profile, args.only, metrics_file=metrics_file, timeout_s=args.timeout
+    )
 
 
 def _course_run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else config.build_dir()
     params = runner.parse_params(args.param, args.params)
-    metrics_file = out / "metrics.json"
-    try:
-        records = runner.run_course(
-            args.profile,
-            (args.only or []) + args.notebooks,
-            out_dir=out / "executed",
-            metrics_file=metrics_file,
-            timeout_s=args.timeout,
-            extra=params,
-        )
-    except runner.NotebookFailed as err:
-        print(f"FAILED: {err}", file=sys.stderr)
-        return 1
-    print(runner.summary_table(records, metrics_file))
-    return 0
+    return _run_and_report(
+        args.profile,
+        (args.only or []) + args.notebooks,
+        out_dir=out / "executed",
+        metrics_file=out / "metrics.json",
+        timeout_s=args.timeout,
+        extra=params,
+    )
 
 
 def _course_regress(args: argparse.Namespace) -> int:
