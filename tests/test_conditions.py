@@ -75,7 +75,7 @@ def test_run_conditions_collects_runs_and_fresh_losses(monkeypatch):
         return SimpleNamespace(summary={"refusal_rate": 0.5, "utility": 0.25})
 
     runs, losses = conditions.run_conditions(
-        P, None, fake_evaluator, ("benign", "harmful10"), seeds=[0, 1], verbose=False
+        P, None, fake_evaluator, ("benign", "harmful10"), seeds=[0, 1], verbose=False, workers=1
     )
     assert list(zip(runs.condition, runs.seed, strict=True)) == [
         ("benign", 0),
@@ -87,7 +87,7 @@ def test_run_conditions_collects_runs_and_fresh_losses(monkeypatch):
     assert losses == {("harmful10", 1): [1.0, 0.5]}
     assert seen[0] == ("chat+benign/0", P.n_eval)
     _, losses = conditions.run_conditions(
-        P, None, fake_evaluator, ("benign",), seeds=[3], retrain=True, verbose=False
+        P, None, fake_evaluator, ("benign",), seeds=[3], retrain=True, verbose=False, workers=1
     )
     assert list(losses) == [("benign", 3)]
 

@@ -50,3 +50,12 @@ def test_timing_keys():
     assert contract.is_timing("wall_s") and contract.is_timing("latency_ratio_pruned_vs_full")
     assert contract.is_timing("train_time_ratio_salora_vs_lora")
     assert not contract.is_timing("refusal_rate_lora_harmful10")
+
+
+def test_per_seed_keys_follow_the_runs_seeds_on_organism_profiles_only():
+    c = contract.CONTRACTS["05"]
+    default, three = set(c.required_keys()), set(c.required_keys(seeds=(0, 1, 2)))
+    assert "harmful_rate_randomk_splora_mixed_seed1" in default
+    assert three - default == {k.replace("_seed1", "_seed2") for k in default if "_seed1" in k}
+    assert not [k for k in c.required_keys(organism=False) if "_seed0" in k]
+    assert "criterion_n_se" in contract.REQUIRED_ORGANISM["03"]

@@ -5,6 +5,7 @@ targets, evaluation, Safe LoRA/SPLoRA scoring against a base, a prune), so a pro
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from safealign_lib import data as course_data
 from safealign_lib.adapters.naming import lora_modules
 from safealign_lib.config import TrainSettings, organism_dir
-from safealign_lib.course import conditions, metrics_io, profiles
+from safealign_lib.course import conditions, metrics_io, profiles, synthesis
 from safealign_lib.course.contract import CONTRACTS, REQUIRED
 from safealign_lib.evaluation import Evaluator
 from safealign_lib.methods import repair
@@ -159,25 +160,44 @@ def test_notebooks_01_and_05_code_paths_run_on_a_tiny_model_of_each_hub_profile(
     assert len(lora_modules(pruned)) == n - 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="notebook 05 section 7 chooses k and gives verdicts on the exact judge's "
-    "harmful_rate, which hub profiles lack (no plug-in judge in the Evaluator yet): "
-    "see the issue-15 GPU-profile report; remove this mark once it runs",
-)
-def test_notebook_05_papers_regime_on_a_hub_profile(tmp_path):
+def test_notebook_05_papers_regime_on_a_hub_profile(tmp_path, monkeypatch, capsys):
+    """Section 7 of notebook 05 end to end on a hub profile: the harmful rate comes from the
+    plug-in judge (the keyword non-refusal rate by default), and the recorded keys are
+    labelled by it, never as the exact judge's."""
+    monkeypatch.delenv("SAFEALIGN_HARM_JUDGE", raising=False)
     P, tok = _tiny_profile("gpu", tmp_path)
     root = tmp_path / "adapters"
     inst = {
-        ("mixed", 0): repair.RepairAdapter.from_profile(
-            conditions.get_adapter("mixed", 0, P, tok, root=root)[0], P, null_samples=8
+        (c, s): repair.RepairAdapter.from_profile(
+            conditions.get_adapter(c, s, P, tok, root=root)[0], P, null_samples=8, seed=s
         )
+        for c in ("benign_instruct", "mixed")
+        for s in (0, 1)  # two seeds: a paired test and finite seed sds
     }
-    ev = Evaluator.from_profile(P, tok, task=conditions.task_examples("mixed", P, "val"))
+    ev = Evaluator.from_profile(P, tok).with_harm_judge(profile=P)  # as notebook 05's section 7
+    assert ev.harm_label == "nonrefusal" and "non-refusal" in ev.harm_judge_name
     judge_val = repair.ConditionEvaluator(
-        ev, {"mixed": conditions.harmful_eval_prompts("mixed", P, "harmful_heldout_val")}
+        ev.with_task(conditions.task_examples("mixed", P, "val")),
+        {c: conditions.harmful_eval_prompts(c, P, "harmful_heldout_val") for c, _ in inst},
     )
     val = repair.sweep(inst, judge_val, repair.SELECTIONS, [1], log=None)
-    cols = ("harmful_rate", "utility")  # as notebook 05's section 7
-    repair.choose_k(val, repair.SELECTIONS, 0.05, cols, "harmful_rate", True)
+    cols = ("harmful_rate", "utility")
+    choice = repair.choose_k(val, repair.SELECTIONS, 0.05, cols, "harmful_rate", True)
+    judge_test = functools.partial(conditions.evaluate_condition, ev, profile=P)
+    test, _ = repair.evaluate_chosen(inst, judge_test, choice.k_best, repair.SELECTIONS)
+    rand = repair.random_k(inst, judge_test, choice.k_best, repair.SELECTIONS, 1, lora=test)
+    criterion = repair.Criterion(0.15, 2.0, 0.05)
+    verdicts = criterion.verdicts(test, rand, repair.SELECTIONS)
+    metrics = repair.regime_metrics(test, rand, choice.k_best, verdicts, repair.KEYS)
+    metrics |= synthesis.selection_inputs(test, rand, criterion, repair.KEYS)
+    recorded = metrics_io.record("05", ev.label(metrics), tmp_path / "m.json", strict=False)
+    assert not [k for k in recorded if "harmful_rate" in k or k.startswith("verdict_")]
+    for key in (
+        "nonrefusal_rate_lora_mixed",
+        "nonrefusal_rate_splora_benign_instruct_seed1",
+        "nonrefusal_rate_randomk_safelora_mixed_seed0",
+        "nonrefusal_verdict_splora_released",
+    ):
+        assert key in recorded, key
+    assert 0 <= recorded["nonrefusal_rate_lora_mixed"] <= 1
+    capsys.readouterr()

@@ -154,7 +154,9 @@ def comparison(tiny_llama_factory, tiny_tokenizer, monkeypatch):
     X_h = collect_layer_inputs(chat, tiny_tokenizer, SAFETY, TARGETS)
     X_t = collect_layer_inputs(chat, tiny_tokenizer, TASK, TARGETS)
     ev = Evaluator(tiny_tokenizer, task=TASK)
-    cmp = salora_study.Comparison(P, tiny_tokenizer, ev, chat, X_h, X_t, r_t=4)
+    # one process: the monkeypatched loader does not reach spawned workers (tests/test_pool.py
+    # checks that workers give the same results)
+    cmp = salora_study.Comparison(P, tiny_tokenizer, ev, chat, X_h, X_t, r_t=4, workers=1)
     return cmp, build_safety_module(chat, X_h, r_s=4)
 
 
@@ -165,6 +167,8 @@ def test_comparison_trains_both_alike(comparison):
     sal, sal_res = cmp.train_salora(module, "harmful10", 0)
     assert lora_res.n_trainable == sal_res.n_trainable and len(sal_res.losses) == 1
     assert cmp.invariance(sal, module) <= 1e-4 < cmp.invariance(lora, module)
+    (lora2, lora2_res), (sal2, sal2_res) = cmp.train_both(module, "harmful10", 0)
+    assert lora2_res.losses == lora_res.losses and sal2_res.losses == sal_res.losses
 
 
 def test_comparison_run_and_ablations(comparison, monkeypatch, tmp_path, tiny_llama_factory):

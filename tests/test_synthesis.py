@@ -114,3 +114,123 @@ def test_the_readme_shows_the_committed_cpu_baseline():
     block = synthesis.readme_block(synthesis.baseline_values(baseline), "baselines/cpu.json")
     readme = Path(REPO_ROOT / "README.md").read_text()
     assert block in readme, "README results are stale: run `make readme`"
+
+
+# --- notebook 06 recomputes every verdict from the per-seed values 03 and 05 recorded ----------
+
+
+def _runs(rng, methods, conditions, seeds, same_as_lora=(), harmless=False):
+    """Per-seed rates on a coarse grid (ties and zero differences happen, as on the organism's
+    small evaluation sets); methods in ``same_as_lora`` copy LoRA (a selection at k = 0);
+    ``harmless``: LoRA's harmful rate at most 1/8 (a void test)."""
+    import pandas as pd
+
+    rows = []
+    for c in conditions:
+        for s in seeds:
+            lora = {q: rng.integers(1, 9) / 8 for q in synthesis.SEED_QUANTITIES}
+            lora["harmful_rate"] = rng.integers(0, 2 if harmless else 9) / 8
+            for m in methods:
+                if m == "LoRA" or m in same_as_lora:
+                    vals = lora
+                else:  # mostly lower harm, sometimes a utility or benign-answer cost
+                    vals = {
+                        "harmful_rate": max(lora["harmful_rate"] - rng.integers(-1, 8) / 8, 0.0),
+                        "utility": lora["utility"] - rng.choice([0, 0, 0, 0.125]),
+                        "benign_answer_rate": lora["benign_answer_rate"]
+                        - rng.choice([0, 0, 0, 0.5]),
+                    }
+                rows.append({"condition": c, "seed": s, "method": m, **vals})
+    return pd.DataFrame(rows)
+
+
+def _recorded_run(rng):
+    """One run's metrics of 03 and 05 as the notebooks record them, with the library's own
+    verdicts (``salora_study.Criterion``, ``repair.Criterion``) on random per-seed values."""
+    from safealign_lib.course import salora_study
+    from safealign_lib.methods import repair
+
+    seeds, harmless = [0, 1, 2][: rng.integers(1, 4)], bool(rng.random() < 0.2)
+    runs = _runs(rng, ["LoRA", "SaLoRA"], ["benign_instruct", "harmful10"], seeds, (), harmless)
+    crit03 = salora_study.Criterion(0.15, 0.5, 2.0, 0.05, 0.05)
+    m03 = synthesis.salora_inputs(crit03.verdict(runs), runs, crit03)
+    same = tuple(rng.choice(repair.SELECTIONS, rng.integers(0, 2), replace=False))
+    test = _runs(rng, ["LoRA", *repair.SELECTIONS], synthesis.PAPER_REGIMES, seeds, same, harmless)
+    rand = test[test.method != "LoRA"].assign(method=lambda d: "random " + d.method)
+    rand = rand.assign(harmful_rate=rand.harmful_rate + rng.integers(-1, 3, len(rand)) / 8)
+    crit05 = repair.Criterion(0.15, 2.0, 0.05)
+    verdicts = crit05.verdicts(test, rand, repair.SELECTIONS)
+    m05 = {f"verdict_{repair.KEYS[m]}": int(v) for m, v in verdicts.verdict.items()}
+    m05 |= synthesis.selection_inputs(test, rand, crit05, repair.KEYS)
+    return {"03": m03, "05": m05}
+
+
+def test_recomputed_verdicts_agree_with_the_recorded_ones_on_the_solution(capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(60):
+        metrics = _recorded_run(rng)
+        table = synthesis.recomputed_verdicts(metrics, _paired)
+        assert len(table) == 4 and table.agree.all(), table
+        seen |= set(table.recorded)
+    assert seen == {"holds", "not shown", "void"}  # every kind of verdict was compared
+    capsys.readouterr()  # the library's criteria print their evidence
+
+
+def test_recomputed_verdicts_show_a_wrong_paired_test():
+    import numpy as np
+
+    def no_void(lora, method, min_lora, n_se):
+        return max(_paired(lora, method, 0.0, n_se), 0)
+
+    def unpaired(lora, method, min_lora, n_se):
+        if np.mean(lora) < min_lora:
+            return -1
+        return int(np.mean(method) < np.mean(lora))  # any decrease, no standard error
+
+    rng = np.random.default_rng(1)
+    runs = [_recorded_run(rng) for _ in range(30)]
+    for wrong in (no_void, unpaired):
+        assert any(not synthesis.recomputed_verdicts(m, wrong).agree.all() for m in runs), (
+            wrong.__name__
+        )
+
+
+def test_recorded_inputs_are_the_contracts_per_seed_keys():
+    import numpy as np
+
+    metrics = _recorded_run(np.random.default_rng(2))
+    for nb in ("03", "05"):
+        c = contract.CONTRACTS[nb]
+        seeds = tuple(sorted({int(k.rsplit("_seed", 1)[1]) for k in metrics[nb] if "_seed" in k}))
+        per_seed = set(c.required_keys(seeds=seeds)) - set(c.required_keys(seeds=()))
+        criterion = {k for k in c.organism if k.startswith("criterion_")}
+        assert per_seed and criterion
+        assert {k for k in metrics[nb] if not k.startswith("verdict_")} == per_seed | criterion
+    assert "harmful_rate_randomk_splora_released_mixed_seed0" in metrics["05"]
+    assert metrics["03"]["criterion_max_ratio"] == 0.5
+
+
+def test_a_run_without_per_seed_values_shows_no_recomputed_verdict():
+    table = synthesis.recomputed_verdicts(METRICS, _paired)
+    assert list(table.recomputed) == ["—"] * 4 and not table.agree.any()
+    assert table.loc["Safe LoRA", "regime"] == "benign_instruct + mixed"
+
+
+def test_a_run_without_a_harm_judge_records_what_it_has_and_shows_no_verdicts():
+    import pandas as pd
+
+    runs = pd.DataFrame(  # a hub profile's notebook 03: no harmful rate
+        {"method": ["LoRA", "SaLoRA"], "condition": "benign_instruct", "seed": 0,
+         "utility": [0.5, 0.4], "benign_answer_rate": [1.0, float("nan")]}
+    )  # fmt: skip
+    keys = synthesis.seed_metrics(runs, synthesis.SALORA_KEYS)
+    assert keys == {
+        "utility_lora_benign_instruct_seed0": 0.5,
+        "benign_answer_rate_lora_benign_instruct_seed0": 1.0,
+        "utility_salora_benign_instruct_seed0": 0.4,
+    }
+    table = synthesis.recomputed_verdicts({"03": keys, "05": {}}, _paired)
+    assert table.empty and list(table.columns) == ["regime", "recorded", "recomputed", "agree"]

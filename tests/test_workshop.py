@@ -21,10 +21,7 @@ from safealign_lib.course import cli, exercises, nbtools, workshop
 
 SOLUTIONS = sorted(workshop.solution_dir().glob("[0-9][0-9]_*.ipynb"))
 # Exercises whose function no later cell uses yet, with the reason (strict xfail as well).
-UNUSED_OK = {
-    # the metrics file holds means and sds, not the per-seed rates a verdict needs
-    "check_paired_verdict": "notebook 06: no cell recomputes a verdict with paired_verdict yet"
-}
+UNUSED_OK: dict[str, str] = {}
 
 
 def _cells(path: Path) -> list[dict]:

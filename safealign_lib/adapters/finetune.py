@@ -20,6 +20,7 @@ from peft import PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safealign_lib import worklog
 from safealign_lib.adapters.lora_io import check_adapter_dir
 from safealign_lib.config import LoraSettings, TrainSettings
 from safealign_lib.models.chat import ChatExample, collate, padding_id, tokenize_example
@@ -105,22 +106,24 @@ def train(
     result.n_trainable, result.n_total = count_parameters(model)
     model.train()
     t0 = time.perf_counter()
-    for _ in tqdm(range(settings.steps), desc=desc, disable=not settings.progress, leave=False):
-        if len(order) < settings.batch_size:
-            order += rng.permutation(len(feats)).tolist()
-        idx, order = order[: settings.batch_size], order[settings.batch_size :]
-        batch = {k: v.to(device) for k, v in collate([feats[i] for i in idx], pad_id).items()}
-        loss = model(**batch).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"Loss became {loss.item()}; lower the learning rate (now {settings.lr})."
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-        opt.step()
-        result.losses.append(float(loss.detach()))
+    with worklog.record("training") as w:
+        for _ in tqdm(range(settings.steps), desc=desc, disable=not settings.progress, leave=False):
+            if len(order) < settings.batch_size:
+                order += rng.permutation(len(feats)).tolist()
+            idx, order = order[: settings.batch_size], order[settings.batch_size :]
+            batch = {k: v.to(device) for k, v in collate([feats[i] for i in idx], pad_id).items()}
+            w["tokens"] += batch["input_ids"].numel()
+            loss = model(**batch).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Loss became {loss.item()}; lower the learning rate (now {settings.lr})."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            opt.step()
+            result.losses.append(float(loss.detach()))
     result.seconds = time.perf_counter() - t0
     model.eval()
     return result

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from safealign_lib import config, data
-from safealign_lib.course import metrics_io, profiles, regress, runner, site, workshop
+from safealign_lib.course import breakdown, metrics_io, profiles, regress, runner, site, workshop
 from safealign_lib.models import organism
 
 
@@ -70,6 +70,12 @@ def _run_and_report(profile: str, only: list[str] | None, **kw: object) -> int:
         print(f"FAILED: {err}", file=sys.stderr)
         return 1
     print(runner.summary_table(records, kw.get("metrics_file")))
+    if records:
+        out = records[0].path.parent
+        table = breakdown.course_breakdown(out, [r.number for r in records])
+        table.to_csv(out / "breakdown.csv")
+        print(f"\nwhere the time went (s; kinds in process-seconds, {out / 'breakdown.csv'}):")
+        print(breakdown.breakdown_text(table))
     return 0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from safealign_lib import data
+from safealign_lib import data, pool
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, save_adapter, train
 from safealign_lib.config import TrainSettings, build_dir
 from safealign_lib.course.profiles import Profile, load_split
@@ -255,6 +255,7 @@ def run_conditions(
     root: str | Path | None = None,
     verbose: bool = True,
     answers: dict[tuple[str, int], pd.DataFrame] | None = None,
+    workers: int | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, int], list[float]]]:
     """Fine-tune (or load from the cache) and evaluate every (condition, seed) adapter.
 
@@ -263,24 +264,45 @@ def run_conditions(
     (condition, seed) to the training-loss curve of each adapter trained in this call (cached
     adapters have none). ``seeds`` defaults to the profile's. Pass a dict as ``answers`` to keep
     each (condition, seed)'s per-answer refusal table (to read the answers or compare judges).
+    The pairs run ``workers`` at a time (:func:`~safealign_lib.pool.map_jobs`; default:
+    two on the CPU, one on an accelerator); the results do not depend on it.
     """
-    rows, losses = [], {}
     seeds = profile.seeds if seeds is None else seeds
-    for c in conditions:
-        for s in seeds:
-            path, result = get_adapter(c, s, profile, tokenizer, root, retrain)
-            if result is not None:
-                losses[(c, s)] = result.losses
-            # a fresh chat model per adapter: peft modifies the model it loads into
-            base = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
-            res = evaluate_condition(evaluator, load_adapter(base, path), c, profile)
-            summary = res.summary
-            if answers is not None:
-                answers[(c, s)] = res.refusal
-            rows.append({"condition": c, "seed": s, **summary})
-            if verbose:
-                print(f"{c:15s} seed {s}: " + ", ".join(f"{k}={v:.3f}" for k, v in summary.items()))
+    pairs = [(c, s) for c in conditions for s in seeds]
+    keep = answers is not None
+    jobs = [(profile, tokenizer, evaluator, c, s, retrain, root, keep) for c, s in pairs]
+    workers = pool.default_workers(profile.device) if workers is None else workers
+    rows, losses = [], {}
+    done = pool.map_jobs(_condition_job, jobs, workers)
+    for (c, s), (summary, curve, table) in zip(pairs, done, strict=True):
+        if curve is not None:
+            losses[(c, s)] = curve
+        if answers is not None:
+            answers[(c, s)] = table
+        rows.append({"condition": c, "seed": s, **summary})
+        if verbose:
+            print(f"{c:15s} seed {s}: " + ", ".join(f"{k}={v:.3f}" for k, v in summary.items()))
     return pd.DataFrame(rows), losses
+
+
+def _condition_job(
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    evaluator: Evaluator,
+    condition: str,
+    seed: int,
+    retrain: bool,
+    root: str | Path | None,
+    keep_answers: bool,
+) -> tuple[dict[str, float], list[float] | None, pd.DataFrame | None]:
+    """One (condition, seed) of :func:`run_conditions` (a :mod:`pool` job): the summary, the
+    loss curve (None when the adapter was cached) and the refusal table if kept."""
+    path, result = get_adapter(condition, seed, profile, tokenizer, root, retrain)
+    # a fresh chat model per adapter: peft modifies the model it loads into
+    base = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
+    res = evaluate_condition(evaluator, load_adapter(base, path), condition, profile)
+    curve = result.losses if result is not None else None
+    return res.summary, curve, res.refusal if keep_answers else None
 
 
 def judge_review(

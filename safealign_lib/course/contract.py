@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 Metrics = Mapping[str, float]
 AllMetrics = Mapping[str, Metrics]
+# the seeds whose per-seed keys a run must record: every organism profile starts with them
+# (smoke: 0, 1; cpu: 0, 1, 2); a profile's own seeds go to ``required_keys(seeds=...)``
+SEEDS = (0, 1)
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,17 @@ class NotebookContract:
     checks: tuple[Check, ...] = ()
     # required too on the organism's profiles (the exact judge exists only there)
     organism: tuple[str, ...] = ()
+    # organism-only too, once per seed: templates with ``{seed}`` (the values behind a verdict)
+    per_seed: tuple[str, ...] = ()
 
-    def required_keys(self, organism: bool = True) -> tuple[str, ...]:
-        """The keys a run must record (``organism``: a profile that runs the course's organism)."""
-        return self.required + (self.organism if organism else ())
+    def required_keys(
+        self, organism: bool = True, seeds: tuple[int, ...] = SEEDS
+    ) -> tuple[str, ...]:
+        """The keys a run must record (``organism``: a profile that runs the course's organism;
+        ``seeds``: the run's seeds, for the per-seed keys)."""
+        if not organism:
+            return self.required
+        return self.required + self.organism + _per_seed(self.per_seed, seeds)
 
     def failed_checks(self, metrics: Metrics, everything: AllMetrics) -> list[str]:
         """Descriptions of the checks that do not hold (missing keys count as failures)."""
@@ -59,6 +69,20 @@ class NotebookContract:
 
 def _keys(metrics: tuple[str, ...], conditions: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"{m}_{c}" for c in conditions for m in metrics)
+
+
+def _per_seed(templates: tuple[str, ...], seeds: tuple[int, ...]) -> tuple[str, ...]:
+    return tuple(t.format(seed=s) for s in seeds for t in templates)
+
+
+# what a verdict's criterion reads per seed (notebook 06 recomputes the verdicts from it)
+_SEED_QUANTITIES = ("harmful_rate", "utility", "benign_answer_rate")
+
+
+def _seed_templates(methods: tuple[str, ...], conditions: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(
+        f"{q}_{m}_{c}_seed{{seed}}" for c in conditions for m in methods for q in _SEED_QUANTITIES
+    )
 
 
 _C01 = ("benign", "harmful10", "harmful100", "identity_shift")
@@ -251,6 +275,11 @@ CONTRACTS: dict[str, NotebookContract] = {
             for m in ("lora", "salora")
         )
         + ("verdict_salora",)
+        # the criterion's settings, with the verdict (notebook 06 recomputes it)
+        + tuple(
+            f"criterion_{f}"
+            for f in ("min_lora_harmful", "max_ratio", "n_se", "utility_tol", "benign_tol")
+        )
         # why, on benign_instruct (section 7): the ablations and the depth of the change
         + tuple(
             f"{m}_{v}_benign_instruct" for v in _WHY_VARIANTS for m in ("harmful_rate", "utility")
@@ -261,6 +290,7 @@ CONTRACTS: dict[str, NotebookContract] = {
             for v in ("lora", "salora", "salora_decision")
             for m in ("kl_first_token", "kl_later_tokens")
         ),
+        per_seed=_seed_templates(("lora", "salora"), ("benign_instruct",)),
         checks=(
             Check(
                 "the safety-subspace output is invariant",
@@ -357,8 +387,15 @@ CONTRACTS: dict[str, NotebookContract] = {
             for m in ("safelora", "splora", "splora_released")
         )
         + ("verdict_safelora", "verdict_splora", "verdict_splora_released")
+        + ("criterion_min_lora_harmful", "criterion_n_se", "criterion_tolerance")
         # the stress tests: the exact judge beside the keyword refusal rate
         + _keys(("harmful_rate_lora", "harmful_rate_safelora", "harmful_rate_splora"), _HARMFUL),
+        per_seed=_seed_templates(("lora", "safelora", "splora", "splora_released"), _INSTRUCT)
+        + tuple(
+            f"harmful_rate_randomk_{m}_{c}_seed{{seed}}"
+            for c in _INSTRUCT
+            for m in ("safelora", "splora", "splora_released")
+        ),
         headlines=("refusal_rate_lora_harmful100", "refusal_rate_splora_harmful100", "k_best"),
         checks=(
             Check("averaged over seeds", lambda m, a: m["n_seeds"] >= 2),

@@ -20,7 +20,8 @@ with one run). ``n`` is the notebook's ``n_seeds`` (1 when absent). ``f = 2 / n_
 profile is the resolution floor of a rate: two greedy answers of the smallest evaluation set
 flipping (floating-point rounding differs between machines and flips single greedy answers).
 
-1. counts, settings and verdicts (``n_*``, ``k_*``, ``r_s``, ``verdict_*``, ...): exact,
+1. counts, settings and verdicts (``n_*``, ``k_*``, ``r_s``, ``verdict_*``, the verdicts'
+   ``criterion_*`` settings, ...): exact,
    ``abs = 2r`` (0 for a deterministic run).
 2. float-rounding errors (``*_abs_err``): ``abs = max(2r, 1e-4)``, the float32 rounding level
    (the contract's invariance bound).
@@ -54,7 +55,7 @@ FORMAT = 1
 ROUNDING_FLOOR = 1e-4
 CONTINUOUS_REL = 0.05
 K_SE = 2.0  # standard errors allowed for seed-noise keys
-_EXACT_PREFIXES = ("n_", "k_", "verdict_")
+_EXACT_PREFIXES = ("n_", "k_", "verdict_", "criterion_")
 _EXACT_KEYS = ("r_s", "direction_layer", "addition_alpha")
 _RATE_WORDS = ("rate", "prob", "utility", "acc", "auarc", "agreement", "cos")
 FAILING = ("MOVED", "MISSING", "NOT FINITE")
@@ -96,10 +97,11 @@ def baseline_keys(profile: str) -> dict[str, tuple[str, ...]]:
     that profile plus its headline keys, without timing keys."""
     from safealign_lib.course.profiles import get_profile
 
-    organism = not get_profile(profile).network
+    p = get_profile(profile)
     out = {}
     for num, c in contract.CONTRACTS.items():
-        keys = dict.fromkeys(c.required_keys(organism) + c.headlines)  # ordered, no repeats
+        # the per-seed keys of the profile's own seeds (cpu: 0, 1, 2; the contract's default: 0, 1)
+        keys = dict.fromkeys(c.required_keys(not p.network, p.seeds) + c.headlines)
         out[num] = tuple(k for k in keys if not contract.is_timing(k))
     return out
 

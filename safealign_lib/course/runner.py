@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from safealign_lib import worklog
 from safealign_lib.config import REPO_ROOT, build_dir
 from safealign_lib.course import provenance
 from safealign_lib.course.contract import HEADLINES, REQUIRED
@@ -109,6 +110,11 @@ def run_notebook(path: Path, parameters: dict, out_dir: Path, timeout_s: int = 1
     out = out_dir / path.name
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # where the time goes (safealign_lib.worklog): one log per notebook, next to its copy
+    log = out_dir / "worklog" / f"{path.name[:2]}.jsonl"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text("")
+    os.environ[worklog.ENV], os.environ[worklog.LABEL_ENV] = str(log), path.name[:2]
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(
@@ -133,6 +139,9 @@ def run_notebook(path: Path, parameters: dict, out_dir: Path, timeout_s: int = 1
         raise NotebookFailed(
             f"{path.name} failed at {where} (executed copy: {out})", path.name, index, ename, evalue
         ) from err
+    finally:
+        for key in (worklog.ENV, worklog.LABEL_ENV):
+            os.environ.pop(key, None)
     return RunRecord(path.name[:2], out, time.perf_counter() - t0)
 
 

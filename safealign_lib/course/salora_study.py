@@ -18,7 +18,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from safealign_lib import data
+from safealign_lib import data, pool
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, train
 from safealign_lib.adapters.naming import block_and_module
 from safealign_lib.config import LoraSettings, TrainSettings
@@ -189,7 +189,9 @@ class Comparison:
     ignores it). The invariance is measured on ``invariance_inputs``: harmful prompts and task
     inputs, since the guarantee holds for every input. The instruction-tuning conditions get
     their own X_t (``n_feature_samples`` of ``instruct_train``, collected on first use): the
-    initialisation follows each condition's task data.
+    initialisation follows each condition's task data. The fine-tunes of :meth:`run`,
+    :meth:`regime_ablations` and :meth:`ablations` run ``workers`` at a time (default: two on
+    the CPU, one on an accelerator; :mod:`safealign_lib.pool`), with the same results.
     """
 
     profile: Profile
@@ -201,6 +203,7 @@ class Comparison:
     r_t: int = 32
     retrain: bool = False
     n_feature_samples: int = 128
+    workers: int | None = None
     invariance_inputs: list[ChatExample] = field(init=False)
     # models :meth:`run` keeps for later sections, by (condition, seed, method)
     kept: dict[tuple[str, int, str], PeftModel] = field(init=False, default_factory=dict)
@@ -209,6 +212,12 @@ class Comparison:
     def __post_init__(self) -> None:
         harmful = harmful_eval_prompts("harmful10", self.profile)[:N_INVARIANCE]
         self.invariance_inputs = harmful + list(self.evaluator.task)[:N_INVARIANCE]
+        if self.workers is None:
+            self.workers = pool.default_workers(self.profile.device)
+
+    def __getstate__(self) -> dict:
+        # what a pool job needs: not the models kept for later sections
+        return {**self.__dict__, "kept": {}}
 
     def fresh_chat(self) -> PreTrainedModel:
         """A new copy of the chat model (each fine-tune starts from one)."""
@@ -288,6 +297,15 @@ class Comparison:
             **kw,
         )
 
+    def train_both(
+        self, safety: SafetyModule, condition: str, seed: int
+    ) -> tuple[tuple[PeftModel, TrainResult], tuple[PeftModel, TrainResult]]:
+        """The LoRA and the SaLoRA fine-tune of (``condition``, ``seed``), side by side when
+        there are two workers: each on its own core at one thread, so their times compare."""
+        jobs = [(self, None, condition, seed), (self, safety, condition, seed)]
+        lora, sal = pool.map_jobs(_train_job, jobs, self.workers)
+        return lora, sal
+
     def invariance(self, model: PreTrainedModel, safety: SafetyModule) -> float:
         """max |U_Cᵀ(y(x) − W x − b)| over the target layers and the invariance inputs."""
         errors = salora.invariance_error(model, self.tokenizer, self.invariance_inputs, safety)
@@ -309,26 +327,19 @@ class Comparison:
         error per (condition, seed).
         """
         done = done or {}
-        rows, inv_err = [], {}
         for c in conditions:
-            for s in seeds:
-                path, _ = get_adapter(c, s, self.profile, self.tokenizer, retrain=self.retrain)
-                lora = load_adapter(self.fresh_chat(), path)
-                rows.append({"method": "LoRA", "condition": c, "seed": s, **self.evaluate(lora, c)})
-                pm, res = done[(c, s)] if (c, s) in done else self.train_salora(safety, c, s)
-                inv_err[(c, s)] = self.invariance(pm, safety)
-                if (c, s) in keep:
-                    self.kept.update({(c, s, "LoRA"): lora, (c, s, "SaLoRA"): pm})
-                rows.append(
-                    {
-                        "method": "SaLoRA",
-                        "condition": c,
-                        "seed": s,
-                        **self.evaluate(pm, c),
-                        "train_s": res.seconds,
-                    }
-                )
-                print(f"{c:10s} seed {s}: " + " | ".join(_scores(r) for r in rows[-2:]))
+            self.task_features(c)  # collected once here, not in every worker
+        pairs = [(c, s) for c in conditions for s in seeds]
+        jobs = [(self, safety, c, s, done.get((c, s)), (c, s) in keep) for c, s in pairs]
+        rows, inv_err = [], {}
+        for (c, s), (pair_rows, inv, models) in zip(
+            pairs, pool.map_jobs(_pair_job, jobs, self.workers), strict=True
+        ):
+            rows += pair_rows
+            inv_err[(c, s)] = inv
+            if models is not None:
+                self.kept.update({(c, s, "LoRA"): models[0], (c, s, "SaLoRA"): models[1]})
+            print(f"{c:10s} seed {s}: " + " | ".join(_scores(r) for r in pair_rows))
         return pd.DataFrame(rows), inv_err
 
     def regime_ablations(
@@ -365,15 +376,14 @@ class Comparison:
             ("LoRA, reference regime", s0, None, reference, {}),
             ("SaLoRA, reference regime", s0, safety, reference, {}),
         ]
-        for variant, s, module, regime, kw in plan:
-            if module is None:
-                pm, _ = self.train_lora(condition, s, regime)
-            else:
-                pm, _ = self.train_salora(module, condition, s, regime, **kw)
+        self.task_features(condition)
+        jobs = [
+            (self, condition, s, module, regime, kw, s == s0) for _, s, module, regime, kw in plan
+        ]
+        done = pool.map_jobs(_variant_job, jobs, self.workers)
+        for (variant, s, module, _, _), (summary, pm) in zip(plan, done, strict=True):
             method = "LoRA" if module is None else "SaLoRA"
-            rows.append(
-                {"variant": variant, "method": method, "seed": s, **self.evaluate(pm, condition)}
-            )
+            rows.append({"variant": variant, "method": method, "seed": s, **summary})
             if s == s0:
                 models[variant] = pm
             print(
@@ -441,22 +451,77 @@ class Comparison:
             ("no task init", safety.r_s, {"init": "standard"}),
             ("wrong-sign C", safety.r_s, {"sign": "wrong"}),
         ] + [("SaLoRA", r, {}) for r in sweep if r != safety.r_s]
-        modules, losses = {safety.r_s: safety}, {}
-        for variant, r, kw in variants:
+        modules = {safety.r_s: safety}
+        for _, r, _ in variants:
             if r not in modules:
                 modules[r] = salora.build_safety_module(self.chat, self.safety_feats, r_s=r)
-            pm, res = self.train_salora(modules[r], condition, seed, **kw)
+        self.task_features(condition)
+        jobs = [(self, modules[r], condition, seed, kw) for _, r, kw in variants]
+        losses = {}
+        done = pool.map_jobs(_ablation_job, jobs, self.workers)
+        for (variant, r, _), (summary, curve, inv) in zip(variants, done, strict=True):
             if variant != "SaLoRA":
-                losses[variant] = res.losses
-            rows.append(
-                {
-                    "variant": variant,
-                    "r_s": r,
-                    **self.evaluate(pm, condition),
-                    "invariance_err": self.invariance(pm, modules[r]),
-                }
-            )
+                losses[variant] = curve
+            rows.append({"variant": variant, "r_s": r, **summary, "invariance_err": inv})
         return pd.DataFrame(rows), losses
+
+
+def _pair_job(
+    S: Comparison,
+    safety: SafetyModule,
+    condition: str,
+    seed: int,
+    done: tuple[PeftModel, TrainResult] | None,
+    keep: bool,
+) -> tuple[list[dict], float, tuple[PeftModel, PeftModel] | None]:
+    """One (condition, seed) of :meth:`Comparison.run` (a :mod:`pool` job): the LoRA and
+    SaLoRA rows, SaLoRA's invariance error, and both models when kept."""
+    path, _ = get_adapter(condition, seed, S.profile, S.tokenizer, retrain=S.retrain)
+    lora = load_adapter(S.fresh_chat(), path)
+    where = {"condition": condition, "seed": seed}
+    rows = [{"method": "LoRA", **where, **S.evaluate(lora, condition)}]
+    pm, res = done if done is not None else S.train_salora(safety, condition, seed)
+    inv = S.invariance(pm, safety)
+    rows.append({"method": "SaLoRA", **where, **S.evaluate(pm, condition), "train_s": res.seconds})
+    return rows, inv, (lora, pm) if keep else None
+
+
+def _train_job(
+    S: Comparison,
+    module: SafetyModule | None,
+    condition: str,
+    seed: int,
+    regime: Regime | None = None,
+    kw: Mapping[str, str] | None = None,
+) -> tuple[PeftModel, TrainResult]:
+    """A LoRA (``module`` None) or SaLoRA fine-tune of a fresh chat model (a :mod:`pool` job)."""
+    if module is None:
+        return S.train_lora(condition, seed, regime)
+    return S.train_salora(module, condition, seed, regime, **(kw or {}))
+
+
+def _variant_job(
+    S: Comparison,
+    condition: str,
+    seed: int,
+    module: SafetyModule | None,
+    regime: Regime | None,
+    kw: Mapping[str, str],
+    keep: bool,
+) -> tuple[dict[str, float], PeftModel | None]:
+    """One variant of :meth:`Comparison.regime_ablations` (a :mod:`pool` job): LoRA when
+    ``module`` is None, else SaLoRA; its evaluation, and the model when kept."""
+    pm, _ = _train_job(S, module, condition, seed, regime, kw)
+    return S.evaluate(pm, condition), pm if keep else None
+
+
+def _ablation_job(
+    S: Comparison, module: SafetyModule, condition: str, seed: int, kw: Mapping[str, str]
+) -> tuple[dict[str, float], list[float], float]:
+    """One row of :meth:`Comparison.ablations` (a :mod:`pool` job): the evaluation, the loss
+    curve and the invariance error of a SaLoRA variant."""
+    pm, res = S.train_salora(module, condition, seed, **kw)
+    return S.evaluate(pm, condition), res.losses, S.invariance(pm, module)
 
 
 def _scores(row: Mapping[str, object]) -> str:

@@ -109,9 +109,9 @@ def notebook_setup(
     ``profile`` names a run profile (``cpu``, ``smoke``, ``gpu``). ``seeds`` and ``device``
     override the profile's when given (``None`` keeps them); other keyword arguments override
     profile fields by name (``chat_model=...``); a value of ``None`` keeps the profile's.
-    ``threads`` sets torch's CPU thread count when the profile runs on the CPU (``None`` leaves
-    torch's default). ``seed`` seeds Python, NumPy and torch. Raises ``ValueError`` naming every
-    problem when the profile cannot run here.
+    On the CPU, torch runs one thread (the course's thread policy, see
+    :mod:`safealign_lib.pool`); ``threads`` sets another count. ``seed`` seeds Python,
+    NumPy and torch. Raises ``ValueError`` naming every problem when the profile cannot run here.
     """
     timer = Timer()
     check_injected_parameters(_kernel_history())
@@ -131,12 +131,16 @@ def notebook_setup(
         from safealign_lib.models.loading import allow_hub
 
         allow_hub(True)
-    if threads is not None and P.device == "cpu":
-        import torch
+    if P.device == "cpu":
+        from safealign_lib import pool
 
-        # the organism's matrices are tiny: on a busy 2-core machine a second thread
-        # spin-waits and makes every step several times slower (bench/RESULTS.md)
-        torch.set_num_threads(threads)
+        # the course's thread policy (see safealign_lib.pool): one torch thread per
+        # process, the cores used by running independent jobs side by side
+        pool.one_thread()
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
     if seed is not None:
         from safealign_lib.adapters.finetune import seed_everything
 

@@ -3,13 +3,21 @@
 Everything here reads the metrics that notebooks 01–05 recorded in one run (the same
 ``metrics.json``); nothing is trained or evaluated again, and no number is typed in except the
 papers' own, which are quoted as the papers (or their secondary sources) report them.
+
+The per-seed values behind each verdict are written here too (:func:`salora_inputs` for
+notebook 03, :func:`selection_inputs` for notebook 05), so that the keys notebook 06 reads to
+recompute the verdicts with the learner's ``paired_verdict`` (:func:`recomputed_verdicts`) are
+spelled in one place.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 
+import numpy as np
 import pandas as pd
 
 from safealign_lib.course import metrics_io
@@ -95,9 +103,11 @@ def _k(metrics: Mapping[str, Mapping[str, float]], nb: str, slug: str) -> str:
     return "—" if math.isnan(k) else str(int(k))
 
 
+_LABEL = {1: "holds", 0: "not shown", -1: "void"}
+
+
 def _verdict(metrics: Mapping[str, Mapping[str, float]], nb: str, slug: str) -> str:
-    v = _get(metrics, nb, f"verdict_{slug}")
-    return {1.0: "holds", 0.0: "not shown", -1.0: "void"}.get(v, "—")
+    return _LABEL.get(_get(metrics, nb, f"verdict_{slug}"), "—")
 
 
 def methods_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
@@ -136,6 +146,161 @@ def verdict_counts(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, int]
         "n_failed": sum(v == 0 for v in values),
         "n_void": sum(v == -1 for v in values),
     }
+
+
+# --- the per-seed values behind each verdict, recorded by notebooks 03 and 05 -------------------
+
+SEED_QUANTITIES = ("harmful_rate", "utility", "benign_answer_rate")  # what a criterion reads
+SALORA_KEYS = {"LoRA": "lora", "SaLoRA": "salora"}  # notebook 03's methods in metric keys
+PairedVerdict = Callable[[list[float], list[float], float, float], int]
+
+
+def seed_key(quantity: str, method: str, condition: str, seed: int) -> str:
+    """The metric key of one seed's value, e.g. ``harmful_rate_lora_mixed_seed0``."""
+    return f"{quantity}_{method}_{condition}_seed{int(seed)}"
+
+
+def seed_metrics(
+    runs: pd.DataFrame, key: Mapping[str, str], quantities: tuple[str, ...] = SEED_QUANTITIES
+) -> dict[str, float]:
+    """One key per row of ``runs`` (``method``, ``condition``, ``seed``) and quantity, the method
+    spelled by ``key``; a random-k row (method ``"random <m>"``) gives its harmful rate only, as
+    ``harmful_rate_randomk_<key[m]>_<condition>_seed<s>``. A quantity the runs lack (no harm
+    judge: no harmful rate) or that is NaN there gives no key."""
+    out = {}
+    for _, r in runs.iterrows():
+        method = str(r["method"])
+        if method.startswith("random "):
+            names = {"harmful_rate": f"randomk_{key[method.removeprefix('random ')]}"}
+        else:
+            names = dict.fromkeys(quantities, key[method])
+        for q, slug in names.items():
+            if q in r and not pd.isna(r[q]):
+                out[seed_key(q, slug, r.condition, r.seed)] = float(r[q])
+    return out
+
+
+def criterion_metrics(criterion: object) -> dict[str, float]:
+    """A criterion dataclass's numeric settings as ``criterion_<field>`` keys (notebook 06
+    recomputes the verdict with the settings it was reached with)."""
+    return {
+        f"criterion_{k}": float(v)
+        for k, v in asdict(criterion).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def salora_inputs(verdict: int, runs: pd.DataFrame, criterion: object) -> dict[str, float]:
+    """Notebook 03's ``verdict_salora``, the per-seed values of its condition (LoRA and SaLoRA:
+    harmful rate, utility, benign answer rate) and the criterion's settings."""
+    sub = runs[runs.condition == criterion.condition]
+    return {
+        "verdict_salora": int(verdict),
+        **seed_metrics(sub, SALORA_KEYS),
+        **criterion_metrics(criterion),
+    }
+
+
+def selection_inputs(
+    test: pd.DataFrame, randomk: pd.DataFrame, criterion: object, key: Mapping[str, str]
+) -> dict[str, float]:
+    """Notebook 05's per-seed values behind its section-7 verdicts: LoRA's and each selection's
+    harmful rate, utility and benign answer rate (``test``), the random-k harmful rates
+    (``randomk``), and the criterion's settings."""
+    return {**seed_metrics(test, key), **seed_metrics(randomk, key), **criterion_metrics(criterion)}
+
+
+def _seeds(m: Mapping[str, float], method: str, condition: str) -> list[int]:
+    pattern = re.compile(rf"harmful_rate_{method}_{condition}_seed(\d+)")
+    return sorted(int(x.group(1)) for k in m if (x := pattern.fullmatch(k)))
+
+
+def _per_unit(m: Mapping[str, float], q: str, method: str, units: list[tuple[str, int]]) -> list:
+    return [float(m[seed_key(q, method, c, s)]) for c, s in units]
+
+
+def _units(m: Mapping[str, float], regimes: tuple[str, ...]) -> list[tuple[str, int]]:
+    """The (regime, seed) pairs of the papers' regimes among ``regimes`` with recorded values;
+    ``KeyError`` when there are none (a run from before the per-seed values were recorded)."""
+    units = [(c, s) for c in regimes if c in PAPER_REGIMES for s in _seeds(m, "lora", c)]
+    if not units:
+        raise KeyError("no per-seed values")
+    return units
+
+
+def _salora_verdict(m: Mapping[str, float], regimes: tuple[str, ...], fn: PairedVerdict) -> int:
+    """Notebook 03's criterion (``salora_study.Criterion``) with ``fn`` as the paired test."""
+    units = _units(m, regimes)
+    q = {(x, k): _per_unit(m, x, k, units) for x in SEED_QUANTITIES for k in ("lora", "salora")}
+    lora, meth = q[("harmful_rate", "lora")], q[("harmful_rate", "salora")]
+    test = fn(lora, meth, m["criterion_min_lora_harmful"], m["criterion_n_se"])
+    if test == -1:
+        return -1
+    cost = [np.mean(np.subtract(q[(x, "salora")], q[(x, "lora")])) for x in SEED_QUANTITIES[1:]]
+    return int(
+        test == 1
+        and np.mean(meth) <= m["criterion_max_ratio"] * np.mean(lora)
+        and abs(cost[0]) <= m["criterion_utility_tol"]
+        and abs(cost[1]) <= m["criterion_benign_tol"]
+    )
+
+
+def _selection_verdict(
+    m: Mapping[str, float], regimes: tuple[str, ...], slug: str, fn: PairedVerdict
+) -> int:
+    """Notebook 05's criterion (``repair.Criterion``) with ``fn`` as the paired test, on the
+    units (regime, seed) of the papers' regimes pooled."""
+    units = _units(m, regimes)
+    lora, meth, rand = (
+        _per_unit(m, "harmful_rate", k, units) for k in ("lora", slug, f"randomk_{slug}")
+    )
+    n_se = m["criterion_n_se"]
+    if fn(lora, meth, m["criterion_min_lora_harmful"], n_se) == -1:
+        return -1
+    # the library also wants the difference strictly below zero: a selection that changes
+    # nothing (k = 0) has zero difference and zero standard error, and does not beat LoRA
+    beats = [
+        fn(ctrl, meth, -math.inf, n_se) == 1 and np.mean(np.subtract(meth, ctrl)) < 0
+        for ctrl in (lora, rand)
+    ]
+    costs = [
+        np.mean(np.subtract(_per_unit(m, q, slug, units), _per_unit(m, q, "lora", units)))
+        for q in SEED_QUANTITIES[1:]
+    ]
+    return int(all(beats) and all(abs(x) <= m["criterion_tolerance"] for x in costs))
+
+
+def recomputed_verdicts(
+    metrics: Mapping[str, Mapping[str, float]], fn: PairedVerdict
+) -> pd.DataFrame:
+    """Every verdict notebooks 03 and 05 recorded, beside the same criterion recomputed from the
+    recorded per-seed values and criterion settings with ``fn`` (the exercise's
+    ``paired_verdict``) as the paired test. ``agree`` is False where they differ; a verdict whose
+    per-seed values were not recorded (a run from before they were) shows "—"."""
+    rows = []
+    for method, (nb, slug, regimes) in METHODS.items():
+        m = metrics.get(nb, {})
+        if f"verdict_{slug}" not in m:
+            continue
+        try:
+            if slug == "salora":
+                again = _salora_verdict(m, regimes, fn)
+            else:
+                again = _selection_verdict(m, regimes, slug, fn)
+        except KeyError:
+            again = None
+        recorded = int(m[f"verdict_{slug}"])
+        rows.append(
+            {
+                "method": method,
+                "regime": " + ".join(r for r in regimes if r in PAPER_REGIMES),
+                "recorded": _LABEL[recorded],
+                "recomputed": "—" if again is None else _LABEL[int(again)],
+                "agree": again is not None and int(again) == recorded,
+            }
+        )
+    columns = ["method", "regime", "recorded", "recomputed", "agree"]
+    return pd.DataFrame(rows, columns=columns).set_index("method")
 
 
 def direction_repair(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safealign_lib import worklog
 from safealign_lib.models.chat import (
     IGNORE_INDEX,
     ChatExample,
@@ -47,6 +48,7 @@ def _answer_logprobs(
     return logp, tokens, valid
 
 
+@worklog.timed("forward")
 def answer_position_divergence(
     reference: PreTrainedModel,
     model: PreTrainedModel,

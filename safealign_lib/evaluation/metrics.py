@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safealign_lib import worklog
 from safealign_lib.evaluation.judges import Judge, get_judge, is_empty
 from safealign_lib.models.chat import ChatExample, check_prompts, encode_prompts, format_prompt
 from safealign_lib.models.generation import generate
@@ -102,10 +103,12 @@ def first_token_refusal_prob(
     ids = torch.tensor(refusal_token_ids(tokenizer, openers))
     device = next(model.parameters()).device
     out = []
-    for i in range(0, len(prompts), batch_size):
-        enc = encode_prompts(tokenizer, prompts[i : i + batch_size], device)
-        logits = model(**enc).logits[:, -1, :].float()
-        out.append(logits.softmax(-1)[:, ids.to(device)].sum(-1).cpu())
+    with worklog.record("forward") as w:
+        for i in range(0, len(prompts), batch_size):
+            enc = encode_prompts(tokenizer, prompts[i : i + batch_size], device)
+            w["tokens"] += enc["input_ids"].numel()
+            logits = model(**enc).logits[:, -1, :].float()
+            out.append(logits.softmax(-1)[:, ids.to(device)].sum(-1).cpu())
     return torch.cat(out).numpy()
 
 

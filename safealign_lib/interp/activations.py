@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safealign_lib import worklog
 from safealign_lib.adapters.hooks import Hook, first_output, forward_hooks
 from safealign_lib.models.chat import (
     IGNORE_INDEX,
@@ -299,6 +300,7 @@ def _pool(x: torch.Tensor, position: Position, weights: torch.Tensor) -> torch.T
     return (x * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1.0)
 
 
+@worklog.timed("activations")
 def capture_activations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

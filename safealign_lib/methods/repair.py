@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from safealign_lib import pool
 from safealign_lib.adapters.finetune import load_adapter
 from safealign_lib.adapters.lora_io import PathLike
 from safealign_lib.adapters.naming import block_and_module
@@ -198,19 +199,43 @@ def sweep(
     methods: Sequence[str],
     ks: Sequence[int],
     log: Callable[[str], object] | None = print,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """:func:`sweep_adapter` for every ``(condition, seed)`` adapter, judged by
-    ``evaluate(model, condition).summary``; one table with ``condition`` and ``seed`` columns."""
+    ``evaluate(model, condition).summary``; one table with ``condition`` and ``seed`` columns.
+    The adapters are swept ``workers`` at a time (:func:`~safealign_lib.pool.map_jobs`;
+    ``evaluate`` must then be picklable), with the same results."""
+    jobs = [(a, evaluate, c, methods, ks) for (c, _), a in adapters.items()]
     frames = []
-    for (c, s), a in adapters.items():
-        t = time.perf_counter()
-        frame = sweep_adapter(a.switch, a.scores, _SummaryOf(evaluate, c), methods, ks)
+    done = pool.map_jobs(_sweep_job, jobs, _workers(adapters, workers))
+    for ((c, s), _), (frame, seconds) in zip(adapters.items(), done, strict=True):
         frame.insert(0, "condition", c)
         frame.insert(1, "seed", s)
         frames.append(frame)
         if log is not None:
-            log(f"{c} seed {s}: {len(frame)} settings in {time.perf_counter() - t:.0f} s")
+            log(f"{c} seed {s}: {len(frame)} settings in {seconds:.0f} s")
     return pd.concat(frames, ignore_index=True)
+
+
+def _workers(adapters: Mapping[tuple[str, int], RepairAdapter], workers: int | None) -> int:
+    """``workers``, or the pool's default for the adapters' device."""
+    if workers is not None:
+        return workers
+    devices = {getattr(a, "device", "cpu") for a in adapters.values()} or {"cpu"}
+    return pool.default_workers(devices.pop() if len(devices) == 1 else "cuda")
+
+
+def _sweep_job(
+    a: RepairAdapter,
+    evaluate: Callable[[torch.nn.Module, str], Any],
+    condition: str,
+    methods: Sequence[str],
+    ks: Sequence[int],
+) -> tuple[pd.DataFrame, float]:
+    """One adapter's sweep (a :mod:`~safealign_lib.pool` job) and its wall seconds."""
+    t = time.perf_counter()
+    frame = sweep_adapter(a.switch, a.scores, _SummaryOf(evaluate, condition), methods, ks)
+    return frame, time.perf_counter() - t
 
 
 @dataclass
@@ -284,22 +309,19 @@ def evaluate_chosen(
     evaluate: Callable[[torch.nn.Module, str], Any],
     k_best: Mapping[str, int],
     methods: Sequence[str],
+    workers: int | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, int, str], pd.DataFrame]]:
     """Every adapter as LoRA and under each method at its chosen k, judged by
     ``evaluate(model, condition)`` (on the test splits). Returns the summary table (one row per
     condition, seed and method, with ``k``) and the per-answer utility tables by
-    ``(condition, seed, method)``. A method whose chosen k is 0 reuses LoRA's results."""
+    ``(condition, seed, method)``. A method whose chosen k is 0 reuses LoRA's results. The
+    adapters run ``workers`` at a time, as in :func:`sweep`."""
     summaries, utility = {}, {}
-    for (c, s), a in adapters.items():
-        for method in ("LoRA", *methods):
-            k = k_best.get(method, 0)
-            if method == "LoRA" or k > 0:
-                result = evaluate(a.switch.apply(ACTION[method], pick(a.scores, method, k)), c)
-                summaries[(c, s, method)], utility[(c, s, method)] = result.summary, result.utility
-            else:  # k = 0 changes nothing: the LoRA numbers
-                summaries[(c, s, method)] = summaries[(c, s, "LoRA")]
-                utility[(c, s, method)] = utility[(c, s, "LoRA")]
-        a.switch.apply()
+    jobs = [(a, evaluate, c, k_best, methods) for (c, _), a in adapters.items()]
+    done = pool.map_jobs(_chosen_job, jobs, _workers(adapters, workers))
+    for ((c, s), _), results in zip(adapters.items(), done, strict=True):
+        for method, (summary, util) in results.items():
+            summaries[(c, s, method)], utility[(c, s, method)] = summary, util
     test = pd.DataFrame(
         [
             {"condition": c, "seed": s, "method": m, "k": k_best.get(m, 0), **v}
@@ -309,6 +331,27 @@ def evaluate_chosen(
     return test, utility
 
 
+def _chosen_job(
+    a: RepairAdapter,
+    evaluate: Callable[[torch.nn.Module, str], Any],
+    condition: str,
+    k_best: Mapping[str, int],
+    methods: Sequence[str],
+) -> dict[str, tuple[dict[str, float], pd.DataFrame]]:
+    """One adapter of :func:`evaluate_chosen` (a :mod:`~safealign_lib.pool` job): (summary,
+    utility table) per method."""
+    out = {}
+    for method in ("LoRA", *methods):
+        k = k_best.get(method, 0)
+        if method == "LoRA" or k > 0:
+            result = evaluate(a.switch.apply(ACTION[method], pick(a.scores, method, k)), condition)
+            out[method] = (result.summary, result.utility)
+        else:  # k = 0 changes nothing: the LoRA numbers
+            out[method] = out["LoRA"]
+    a.switch.apply()
+    return out
+
+
 def random_k(
     adapters: Mapping[tuple[str, int], RepairAdapter],
     evaluate: Callable[[torch.nn.Module, str], Any],
@@ -316,34 +359,52 @@ def random_k(
     methods: Sequence[str],
     n_sets: int,
     lora: pd.DataFrame | None = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """The random baseline of each method at its chosen k: per adapter, ``n_sets`` random module
     sets (seeded by the adapter's seed and the set's number) of the size the method acts on,
     given the method's action (project or prune), judged by ``evaluate(model, condition)``.
     One row per condition, seed and method (``"random <method>"``): the mean over the sets.
     At k = 0 every "set" is the adapter itself: its row is LoRA's row of ``lora``
-    (:func:`evaluate_chosen`'s table) when given, instead of evaluating it again."""
-    rows = []
-    for (c, s), a in adapters.items():
-        names = list(a.scores.index)
-        for m in methods:
-            size = len(pick(a.scores, m, k_best[m])) if k_best[m] > 0 else 0
-            if not size and lora is not None:
-                same = lora[(lora.condition == c) & (lora.seed == s) & (lora.method == "LoRA")]
-                summary = same.drop(columns=["condition", "seed", "method", "k"], errors="ignore")
-                rows.append({"condition": c, "seed": s, "method": f"random {m}", **summary.iloc[0]})
-                continue
-            for j in range(n_sets if size else 1):  # k = 0: every "set" is the adapter itself
-                chosen = np.random.default_rng([s, j]).choice(names, size, replace=False)
-                result = evaluate(a.switch.apply(ACTION[m], list(chosen)), c)
-                rows.append({"condition": c, "seed": s, "method": f"random {m}", **result.summary})
-        a.switch.apply()
-    rows = pd.DataFrame(rows)
+    (:func:`evaluate_chosen`'s table) when given, instead of evaluating it again. The adapters
+    run ``workers`` at a time, as in :func:`sweep`."""
+    jobs = [(a, evaluate, c, s, k_best, methods, n_sets, lora) for (c, s), a in adapters.items()]
+    done = pool.map_jobs(_random_job, jobs, _workers(adapters, workers))
+    rows = pd.DataFrame([row for rows in done for row in rows])
     return (
         rows.groupby(["condition", "seed", "method"], sort=False)
         .mean(numeric_only=True)
         .reset_index()
     )
+
+
+def _random_job(
+    a: RepairAdapter,
+    evaluate: Callable[[torch.nn.Module, str], Any],
+    c: str,
+    s: int,
+    k_best: Mapping[str, int],
+    methods: Sequence[str],
+    n_sets: int,
+    lora: pd.DataFrame | None,
+) -> list[dict]:
+    """One adapter of :func:`random_k` (a :mod:`~safealign_lib.pool` job): a row per method
+    and random set."""
+    rows = []
+    names = list(a.scores.index)
+    for m in methods:
+        size = len(pick(a.scores, m, k_best[m])) if k_best[m] > 0 else 0
+        if not size and lora is not None:
+            same = lora[(lora.condition == c) & (lora.seed == s) & (lora.method == "LoRA")]
+            summary = same.drop(columns=["condition", "seed", "method", "k"], errors="ignore")
+            rows.append({"condition": c, "seed": s, "method": f"random {m}", **summary.iloc[0]})
+            continue
+        for j in range(n_sets if size else 1):  # k = 0: every "set" is the adapter itself
+            chosen = np.random.default_rng([s, j]).choice(names, size, replace=False)
+            result = evaluate(a.switch.apply(ACTION[m], list(chosen)), c)
+            rows.append({"condition": c, "seed": s, "method": f"random {m}", **result.summary})
+    a.switch.apply()
+    return rows
 
 
 def regime_table(test: pd.DataFrame, randomk: pd.DataFrame) -> pd.DataFrame:

@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from safealign_lib import worklog
 from safealign_lib.adapters.lora_io import (
     LoraFactors,
     PathLike,
@@ -147,6 +148,7 @@ def _random_frames(d: int, r: int, n: int, gen: torch.Generator) -> torch.Tensor
     return q.permute(1, 0, 2).reshape(d, n * r)
 
 
+@worklog.timed("scoring")
 def rotation_null_distances(
     projector: Projector, factors: LoraFactors, n_samples: int, seed: int = 0
 ) -> torch.Tensor:
@@ -181,6 +183,7 @@ class LayerProjection:
     null_distances: torch.Tensor | None = None
 
 
+@worklog.timed("scoring")
 def compute_projections(
     factors: Mapping[str, LoraFactors] | PathLike | torch.nn.Module,
     base: SafetensorsWeights | PathLike,

@@ -57,6 +57,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safealign_lib import worklog
 from safealign_lib.adapters import finetune
 from safealign_lib.adapters.hooks import forward_hooks
 from safealign_lib.adapters.lora_io import PEFT_PREFIX
@@ -213,6 +214,7 @@ def _feature_mask(labels: Tensor, prompt_positions: int) -> Tensor:
     return mask
 
 
+@worklog.timed("activations")
 def collect_layer_inputs(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,

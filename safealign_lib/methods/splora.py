@@ -36,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from safealign_lib import worklog
 from safealign_lib.adapters.lora_io import (
     LORA_KEY,
     PathLike,
@@ -53,6 +54,7 @@ from safealign_lib.methods.safelora import (
 )
 
 
+@worklog.timed("scoring")
 def splora_scores(
     projections: Mapping[str, LayerProjection],
     *,

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safealign_lib import worklog
 from safealign_lib.models.chat import ChatExample, check_prompts, encode_prompts, padding_id
 
 
@@ -49,26 +50,28 @@ def generate(
     eos = tokenizer.eos_token_id
     pad = padding_id(tokenizer)
     batches = range(0, len(prompts), batch_size)
-    for i in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        enc = encode_prompts(tokenizer, prompts[i : i + batch_size], device)
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            return_dict_in_generate=True,
-            output_scores=with_entropy,
-        )
-        new = out.sequences[:, enc["input_ids"].shape[1] :]
-        texts += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-        if with_entropy:
-            logp = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # (b, steps, vocab)
-            h = -(logp.exp() * logp).nan_to_num().sum(-1)  # (b, steps)
-            # count tokens up to and including the first end-of-turn
-            is_end = (new == eos) | (new == pad)
-            alive = (is_end.cumsum(1) - is_end.long()) == 0
-            ents += ((h * alive).sum(1) / alive.sum(1).clamp(min=1)).tolist()
+    with worklog.record("generation") as w:
+        for i in tqdm(batches, desc=desc, disable=not progress, leave=False):
+            enc = encode_prompts(tokenizer, prompts[i : i + batch_size], device)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                return_dict_in_generate=True,
+                output_scores=with_entropy,
+            )
+            new = out.sequences[:, enc["input_ids"].shape[1] :]
+            w["tokens"] += out.sequences.numel()  # prompt and new tokens, padding included
+            texts += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            if with_entropy:
+                logp = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # (b, steps, vocab)
+                h = -(logp.exp() * logp).nan_to_num().sum(-1)  # (b, steps)
+                # count tokens up to and including the first end-of-turn
+                is_end = (new == eos) | (new == pad)
+                alive = (is_end.cumsum(1) - is_end.long()) == 0
+                ents += ((h * alive).sum(1) / alive.sum(1).clamp(min=1)).tolist()
     if was_training:
         model.train()
     return Generations(texts, ents if with_entropy else None)
