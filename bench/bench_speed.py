@@ -10,9 +10,10 @@ reference commit is exported with ``git archive`` (organism included) into a tem
 so nothing in this checkout changes. Loads: ``idle`` (nothing else of ours running) and
 ``busy`` (a bounded busy loop in another process for the whole run, the state of a learner's
 laptop with a browser or a build running). The variants alternate within each load, so a drift
-of the machine's speed falls on both. Per notebook it reports papermill's wall time, and for the
-run the peak memory of the whole process tree (kernel and pool workers summed, sampled every
-0.2 s: what Binder's 2 GB limit applies to). Writes JSON and prints a Markdown table.
+of the machine's speed falls on both. Per notebook it reports papermill's wall time and the peak
+memory of the notebook's processes (kernel and pool workers summed, as PSS and RSS, sampled
+every 0.5 s: what Binder's 2 GB limit applies to). ``--build`` reuses a build folder instead of
+a cold one (the cached-run times). Writes JSON and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -47,24 +48,38 @@ def export(commit: str, dest: Path) -> Path:
     return dest
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident bytes of ``proc`` and all its descendants."""
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+def tree_memory(proc: psutil.Process) -> dict[int, tuple[int, int]]:
+    """Per kernel (a child of the runner ``proc``, one per notebook): (RSS, PSS) bytes of it and
+    its pool workers together. The runner itself is left out: in JupyterLab the kernel and its
+    workers run under the server instead. PSS splits the pages that processes share (torch's
+    libraries) among them, so its sum is what the processes hold together."""
+    out = {}
+    for kernel in proc.children():
+        rss = pss = 0
         try:
-            total += p.memory_info().rss
+            family = [kernel, *kernel.children(recursive=True)]
         except psutil.Error:
-            pass
-    return total
+            continue
+        for p in family:
+            try:
+                info = p.memory_full_info()
+            except psutil.Error:
+                continue
+            rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+        out[kernel.pid] = (rss, pss)
+    return out
 
 
-def run_course(src: Path, profile: str, only: list[str] | None, work: Path) -> dict:
-    """One cold-cache course run of the source tree ``src``: walls per notebook, peak memory."""
+def run_course(
+    src: Path, profile: str, only: list[str] | None, work: Path, build: Path | None = None
+) -> dict:
+    """One course run of the source tree ``src`` (a cold adapter cache unless ``build`` names a
+    build folder to reuse): walls and peak memory per notebook."""
     out = work / "out"
     env = {
         **os.environ,
         "PYTHONPATH": str(src),
-        "SAFEALIGN_BUILD": str(work / "build"),
+        "SAFEALIGN_BUILD": str(build or work / "build"),
         "HF_HUB_OFFLINE": "1",
     }
     env.pop("OMP_NUM_THREADS", None)  # each variant applies its own thread policy
@@ -83,12 +98,15 @@ def run_course(src: Path, profile: str, only: list[str] | None, work: Path) -> d
         cmd += ["--only", *only]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    ps, peak, done = psutil.Process(proc.pid), [0], threading.Event()
+    ps, done = psutil.Process(proc.pid), threading.Event()
+    peaks: dict[int, list[int]] = {}  # kernel pid -> [RSS, PSS], in the notebooks' order
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], tree_rss(ps))
-            time.sleep(0.2)
+            for pid, (rss, pss) in tree_memory(ps).items():
+                old = peaks.setdefault(pid, [0, 0])
+                old[0], old[1] = max(old[0], rss), max(old[1], pss)
+            time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -97,14 +115,18 @@ def run_course(src: Path, profile: str, only: list[str] | None, work: Path) -> d
     sampler.join()
     if proc.returncode:
         raise RuntimeError(f"course run of {src} failed:\n{log[-3000:]}")
-    walls = {
-        p.name[:2]: notebook_times(p)["wall_s"] for p in sorted(out.glob("[0-9][0-9]_*.ipynb"))
-    }
+    executed = sorted((out / "executed").glob("[0-9][0-9]_*.ipynb"))
+    walls = {p.name[:2]: notebook_times(p)["wall_s"] for p in executed}
     return {
         "walls": walls,
         "notebooks_s": sum(walls.values()),
         "command_s": time.perf_counter() - t0,
-        "peak_tree_mb": peak[0] / 2**20,
+        "peak_rss_mb": max((p[0] for p in peaks.values()), default=0) / 2**20,
+        "peak_pss_mb": max((p[1] for p in peaks.values()), default=0) / 2**20,
+        # kernels in the order they started: one per notebook run
+        "peak_pss_mb_per_notebook": dict(
+            zip(walls, [p[1] / 2**20 for p in peaks.values()], strict=False)
+        ),
     }
 
 
@@ -116,6 +138,12 @@ def main() -> None:
     ap.add_argument("--loads", nargs="*", default=["idle", "busy"], choices=["idle", "busy"])
     ap.add_argument("--out", type=Path, default=None, help="JSON results (default: print only)")
     ap.add_argument("--no-ref", action="store_true", help="run this tree only")
+    ap.add_argument(
+        "--build", type=Path, default=None, help="reuse this build folder (a cached run)"
+    )
+    ap.add_argument(
+        "--keep", type=Path, default=None, help="keep each run's output and build folders here"
+    )
     args = ap.parse_args()
     ref = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", args.ref],
@@ -130,7 +158,8 @@ def main() -> None:
         text=True,
     ).stdout.strip()
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp_dir:
+        tmp = args.keep or Path(tmp_dir)
         variants = {} if args.no_ref else {f"ref {ref}": export(ref, Path(tmp) / "ref")}
         variants[f"this tree {here}"] = ROOT
         for load in args.loads:
@@ -140,19 +169,24 @@ def main() -> None:
                     busy = subprocess.Popen([sys.executable, "-c", BUSY.format(s=4 * 3600)])
                 try:
                     work = Path(tmp) / f"{load}_{len(results)}"
+                    if work.exists():
+                        sys.exit(f"{work} exists: give --keep an empty or new folder.")
                     print(f"{load}: {name} ...", flush=True)
-                    r = run_course(src, args.profile, args.only, work)
+                    r = run_course(src, args.profile, args.only, work, args.build)
                 finally:
                     if busy is not None:
                         busy.kill()
                         busy.wait()
-                results.append({"load": load, "variant": name, **r})
+                results.append({"load": load, "variant": name, "folder": str(work), **r})
                 print(
-                    f"  {r['notebooks_s']:.1f} s of notebooks, peak {r['peak_tree_mb']:.0f} MB",
+                    f"  {r['notebooks_s']:.1f} s of notebooks ({r['walls']}), peak "
+                    f"{r['peak_pss_mb']:.0f} MB PSS / {r['peak_rss_mb']:.0f} MB RSS",
                     flush=True,
                 )
-    if args.out:
-        args.out.write_text(json.dumps({"profile": args.profile, "runs": results}, indent=1))
+                if args.out:  # after every run: a long benchmark keeps what it measured
+                    args.out.write_text(
+                        json.dumps({"profile": args.profile, "runs": results}, indent=1)
+                    )
     numbers = sorted({n for r in results for n in r["walls"]})
     head = ["notebook", *[f"{r['variant']}, {r['load']}" for r in results]]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
@@ -164,8 +198,8 @@ def main() -> None:
         )
     print("| **total** | " + " | ".join(f"**{r['notebooks_s']:.1f}**" for r in results) + " |")
     print(
-        "| peak memory, process tree (MB) | "
-        + " | ".join(f"{r['peak_tree_mb']:.0f}" for r in results)
+        "| peak memory, kernel + workers, PSS (MB) | "
+        + " | ".join(f"{r['peak_pss_mb']:.0f}" for r in results)
         + " |"
     )
 

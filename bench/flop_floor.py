@@ -1,7 +1,7 @@
 """How far the course is from this machine's arithmetic floor (issue 14).
 
-    .venv/bin/python bench/flop_floor.py --run /tmp/cpu_run        # a `safealign course run`
-                                                                    # output folder (its worklog)
+    .venv/bin/python bench/flop_floor.py --run OUT/executed   # the executed notebooks of a
+                                                               # `safealign course run --output OUT`
 
 The floor of a notebook is the matrix arithmetic its logged tokens need, at the best fp32 GEMM
 rate this machine reaches at the organism's own shapes, on all its cores:
@@ -73,11 +73,11 @@ def gemm_rate(mats: list[tuple[int, int]], rows: int, repeats: int = 15) -> floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="a course run's output folder")
+    ap.add_argument("--run", type=Path, required=True, help="a course run's executed/ folder")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     if not (args.run / "worklog").is_dir():
-        sys.exit(f"{args.run} has no worklog/ folder: give the --output of `safealign course run`.")
+        sys.exit(f"{args.run} has no worklog/: give the executed/ folder of a course run.")
     torch.set_num_threads(1)
     cfg = json.loads((organism_dir() / "chat" / "config.json").read_text())
     mats = shapes(cfg)

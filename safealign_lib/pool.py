@@ -20,15 +20,19 @@ ran what.
 from __future__ import annotations
 
 import atexit
+import ctypes
+import gc
 import multiprocessing
 import os
 import pickle
 import random
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -50,10 +54,32 @@ def one_thread() -> None:
         pass
 
 
+# Memory one course process may reach (bench/RESULTS.md: the kernel and one worker of notebook
+# 03 peaked at 2.16 GB together, cpu profile): a second process only where it fits.
+PROCESS_PEAK_BYTES = 1.1 * 2**30
+
+
+def memory_limit() -> int | None:
+    """The memory this process may use: the cgroup's limit (containers, Binder) or the
+    machine's physical memory; None when neither can be read."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # "max" or a huge number: no limit
+            return int(text)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this platform (Windows)
+        return None
+
+
 def default_workers(device: str = "cpu") -> int:
     """How many jobs run at once: ``$SAFEALIGN_WORKERS`` if set, else 1 on an accelerator (one
-    device) and min(2, CPU cores) on the CPU (two fit Binder's 2 GB; more cores give more
-    only to a bigger model)."""
+    device) and on the CPU min(2, CPU cores, what memory holds at :data:`PROCESS_PEAK_BYTES`
+    a process): 1 in Binder's 2 GB, 2 on a laptop (more cores give more only to a bigger
+    model)."""
     env = os.environ.get(WORKERS_ENV)
     if env:
         try:
@@ -65,7 +91,9 @@ def default_workers(device: str = "cpu") -> int:
         return n
     if device != "cpu":
         return 1
-    return max(1, min(2, os.cpu_count() or 1))
+    limit = memory_limit()
+    fits = int(limit // PROCESS_PEAK_BYTES) if limit is not None else 2
+    return max(1, min(2, os.cpu_count() or 1, fits))
 
 
 def _worker_init() -> None:
@@ -105,6 +133,17 @@ def shutdown(kill: bool = False) -> None:
 atexit.register(shutdown)
 
 
+def release_memory() -> None:
+    """Hand the memory a finished job freed back to the system (glibc keeps it otherwise, and
+    two processes each holding a training step's peak would not fit Binder's 2 GB)."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
+
+
 def _run_here(fn: Callable[..., T], args: tuple) -> T:
     """``fn(*args)`` in this process, its random state left as it was."""
     state = (random.getstate(), np.random.get_state(), torch.get_rng_state())  # noqa: NPY002
@@ -114,6 +153,7 @@ def _run_here(fn: Callable[..., T], args: tuple) -> T:
         random.setstate(state[0])
         np.random.set_state(state[1])  # noqa: NPY002
         torch.set_rng_state(state[2])
+        release_memory()
 
 
 def _call(blob: bytes) -> bytes:
@@ -123,7 +163,9 @@ def _call(blob: bytes) -> bytes:
     share tensors through ``/dev/shm``, which is 64 MB in many containers (Binder's included)
     and would hold every model a job returns."""
     fn, args = pickle.loads(blob)  # noqa: S301 - our own process's bytes, never a file
-    return pickle.dumps(fn(*args), protocol=pickle.HIGHEST_PROTOCOL)
+    out = pickle.dumps(fn(*args), protocol=pickle.HIGHEST_PROTOCOL)
+    release_memory()
+    return out
 
 
 def _picklable(fn: Callable, job: tuple) -> bool:

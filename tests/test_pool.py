@@ -64,6 +64,13 @@ def test_workers_come_from_the_environment(monkeypatch):
         pool.default_workers()
     monkeypatch.delenv(pool.WORKERS_ENV)
     assert pool.default_workers("cuda") == 1
+    monkeypatch.setattr(pool.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(pool, "memory_limit", lambda: 2 * 2**30)  # Binder's 2 GB: one process
+    assert pool.default_workers() == 1
+    monkeypatch.setattr(pool, "memory_limit", lambda: 24 * 2**30)
+    assert pool.default_workers() == 2
+    monkeypatch.setattr(pool.os, "cpu_count", lambda: 1)
+    assert pool.default_workers() == 1
     with pytest.raises(ValueError, match="workers must be"):
         pool.map_jobs(_draw, [(0,)], workers=0)
 
