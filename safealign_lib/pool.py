@@ -168,12 +168,12 @@ def _call(blob: bytes) -> bytes:
     return out
 
 
-def _picklable(fn: Callable, job: tuple) -> bool:
+def _pickled(fn: Callable, job: tuple) -> bytes | None:
+    """``(fn, job)`` as the bytes a worker receives, or None when they cannot travel."""
     try:
-        pickle.dumps((fn, job))
+        return pickle.dumps((fn, job), protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, AttributeError, TypeError):
-        return False
-    return True
+        return None
 
 
 def map_jobs(
@@ -188,7 +188,8 @@ def map_jobs(
     jobs = [tuple(j) for j in jobs]
     if workers == 1 or len(jobs) < 2:
         return [_run_here(fn, job) for job in jobs]
-    if not _picklable(fn, jobs[0]):
+    blobs = {0: _pickled(fn, jobs[0])}  # the check's bytes are job 0's message (workers take it)
+    if blobs[0] is None:
         warnings.warn(
             f"{getattr(fn, '__name__', fn)}: the job cannot be sent to another process (a "
             "lambda or a local function?); running the jobs one by one here. Use module-level "
@@ -214,7 +215,9 @@ def map_jobs(
     def feed() -> None:  # one thread per worker process: one job in flight at a time
         while (i := take(0)) is not None:
             try:
-                blob = pickle.dumps((fn, jobs[i]), protocol=pickle.HIGHEST_PROTOCOL)
+                blob = blobs.pop(i, None) or _pickled(fn, jobs[i])
+                if blob is None:
+                    raise TypeError(f"job {i} cannot be sent to a worker; pass workers=1.")
                 results[i] = pickle.loads(processes.submit(_call, blob).result())  # noqa: S301
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller below
                 with lock:
