@@ -40,7 +40,9 @@ class Profile:
     n_task_eval: int = 64  # utility examples
     n_task_train: int = 200  # downstream-task examples in every fine-tuning condition
     max_new_tokens: int = 32
-    eval_batch_size: int = 64
+    # a 120-prompt split in one batch: on the organism most of a decoding step's cost is fixed
+    # (bench/RESULTS.md), so fewer, fuller steps are faster
+    eval_batch_size: int = 128
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     judge: str = "gcg"

@@ -107,7 +107,8 @@ def first_token_refusal_prob(
         for i in range(0, len(prompts), batch_size):
             enc = encode_prompts(tokenizer, prompts[i : i + batch_size], device)
             w["tokens"] += enc["input_ids"].numel()
-            logits = model(**enc).logits[:, -1, :].float()
+            # the last position's logits only: the vocabulary projection of the others is unused
+            logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
             out.append(logits.softmax(-1)[:, ids.to(device)].sum(-1).cpu())
     return torch.cat(out).numpy()
 
