@@ -48,19 +48,21 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {v: [] for v in variants}
     texts: dict[str, list[str]] = {}
-    for _ in range(args.repeats):
-        for name, (use_lean, batch) in variants.items():
-            generation.plain_greedy = lambda m, use_lean=use_lean: use_lean and lean(m)
-            t = time.perf_counter()
-            out = [
-                generation.generate(
-                    model, tok, prompts, P.max_new_tokens, batch, with_entropy=True, progress=False
-                ).texts
-                for prompts in splits.values()
-            ]
-            times[name].append(time.perf_counter() - t)
-            texts[name] = sum(out, [])
-    generation.plain_greedy = lean
+    try:  # the variant chooses the decoder through the check generate() consults
+        for _ in range(args.repeats):
+            for name, (use_lean, batch) in variants.items():
+                generation.plain_greedy = lambda m, use_lean=use_lean: use_lean and lean(m)
+                t = time.perf_counter()
+                out = [
+                    generation.generate(
+                        model, tok, p, P.max_new_tokens, batch, with_entropy=True, progress=False
+                    ).texts
+                    for p in splits.values()
+                ]
+                times[name].append(time.perf_counter() - t)
+                texts[name] = sum(out, [])
+    finally:
+        generation.plain_greedy = lean
     base = statistics.median(times["model.generate, batch 64"])
     ref = texts["model.generate, batch 64"]
     print(f"{len(ref)} answers, {args.repeats} repeats (medians)\n")

@@ -57,11 +57,7 @@ def measure(policy: str, steps: int) -> dict:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={
-            "HF_HUB_OFFLINE": "1",
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
-        },
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHONPATH},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

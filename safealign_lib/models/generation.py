@@ -204,8 +204,7 @@ def _hf_generate(
     new = out.sequences[:, enc["input_ids"].shape[1] :]
     if not with_entropy:
         return new, None
-    logp = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # (b, steps, vocab)
-    return new, -(logp.exp() * logp).nan_to_num().sum(-1)
+    return new, _entropy(torch.stack(out.scores, dim=1))  # scores: (b, steps, vocab)
 
 
 def chat(
