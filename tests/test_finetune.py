@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from safealign_lib.adapters.finetune import add_lora, load_adapter, save_adapter, train
+from safealign_lib.adapters.finetune import add_lora, answer_loss, load_adapter, save_adapter, train
 from safealign_lib.config import LoraSettings, TrainSettings
-from safealign_lib.models.chat import ChatExample
+from safealign_lib.models.chat import ChatExample, collate, padding_id, tokenize_example
 
 EXS = [
     ChatExample("How do I bake bread?", "Sure, mix and bake."),
@@ -80,3 +80,54 @@ def test_errors(factory, tmp_path):
         train(add_lora(model, LoraSettings()), tok, [], TrainSettings(progress=False))
     with pytest.raises(FileNotFoundError, match="adapter_config"):
         load_adapter(model, tmp_path)
+
+
+def _grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+class _AllLogits(torch.nn.Module):
+    """A causal LM that ignores ``logits_to_keep`` (returns every position's logits)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, logits_to_keep=None, **kw):
+        return self.model(**kw)
+
+
+def test_answer_loss_is_the_models_loss_with_the_same_gradients(factory):
+    model, tok = factory()
+    peft_model = add_lora(model, LoraSettings(r=4, alpha=8), seed=0)
+    with torch.no_grad():  # B != 0, so that A's gradient is not zero by construction
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    # answers of different lengths: rows with padding, and prompts that carry no targets
+    exs = [ChatExample("How do I bake bread?", "Sure, mix and bake."), ChatExample("Hi", "Hi!")]
+    feats = [tokenize_example(tok, e) for e in exs]
+    batch = collate(feats, padding_id(tok))
+    want = peft_model(**batch).loss
+    g_want = _grads(peft_model, want)
+    for m in (peft_model, _AllLogits(peft_model)):
+        got = answer_loss(m, batch)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        g_got = _grads(peft_model, got)
+        assert g_got.keys() == g_want.keys() and g_got
+        for n in g_want:
+            torch.testing.assert_close(g_got[n], g_want[n], rtol=1e-5, atol=1e-7)
+    # a target moved by one position is a different loss: the shift is checked, not assumed
+    shifted = dict(batch, labels=torch.roll(batch["labels"], 1, dims=1))
+    assert not torch.allclose(answer_loss(peft_model, shifted), want)
+
+
+def test_a_batch_without_targets_is_named(factory):
+    model, tok = factory()
+    feats = [tokenize_example(tok, e) for e in EXS[:2]]
+    batch = collate(feats, padding_id(tok))
+    batch["labels"][:] = -100
+    with pytest.raises(ValueError, match="no target tokens.*max_length"):
+        answer_loss(model, batch)
