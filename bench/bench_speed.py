@@ -97,7 +97,12 @@ def run_course(
     if only:
         cmd += ["--only", *only]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # cwd = the variant's tree: ``python -c`` puts the working directory first on sys.path,
+    # ahead of PYTHONPATH, so from this checkout the runner would import this tree's library
+    # (and run this tree's notebooks) whatever the variant
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=str(src), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     ps, done = psutil.Process(proc.pid), threading.Event()
     peaks: dict[int, list[int]] = {}  # kernel pid -> [RSS, PSS], in the notebooks' order
 

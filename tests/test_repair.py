@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -247,6 +248,28 @@ def test_criterion_verdicts_hold_fail_and_void():
     assert {"harmful_rate_splora_x_sd", "utility_lora_y", "benign_answer_rate_splora_x"} <= set(m)
     table = repair.regime_table(test, rand)
     assert table.loc[("x", "random SPLoRA"), "harmful_rate"] == pytest.approx(0.45)
+
+
+def test_criterion_verdicts_take_their_paired_test_from_the_caller():
+    crit = repair.Criterion(0.15, 2, 0.05)
+    # below random-k's harmful rate by less than 2 standard errors: fails the library's test
+    test, rand = _regime(0.2, 0.225)
+    assert crit.verdicts(test, rand, ["SPLoRA"]).verdict.item() == 0
+    calls = []
+
+    def passes(control, method, min_control, n_se):
+        calls.append(min_control)
+        return 1
+
+    assert crit.verdicts(test, rand, ["SPLoRA"], paired_test=passes).verdict.item() == 1
+    assert calls == [0.15, -math.inf, -math.inf]  # the void check, then LoRA and random-k
+    void = crit.verdicts(*_regime(0.2, 0.45), ["SPLoRA"], paired_test=lambda *a: -1)
+    assert void.verdict.item() == -1
+    # a difference of zero never holds, whatever the test says (k = 0 changes nothing)
+    same = test.assign(
+        harmful_rate=test.groupby(["condition", "seed"]).harmful_rate.transform("max")
+    )
+    assert crit.verdicts(same, rand, ["SPLoRA"], paired_test=passes).verdict.item() == 0
 
 
 def test_risk_coverage_table_stacks_every_adapter_and_method():

@@ -228,6 +228,23 @@ def test_criterion_verdict(capsys):
     assert crit.verdict(no_judge) == -1
 
 
+def test_criterion_verdict_takes_its_paired_test_from_the_caller(capsys):
+    crit = salora_study.Criterion(0.15, 0.5, 2.0, 0.05, 0.05)
+    one_seed = _instruct_runs(0.3, 0.05, seeds=(0,))  # fails only for want of a standard error
+    seen = []
+
+    def passes(lora, salora, min_lora, n_se):
+        seen.append((list(lora), list(salora), min_lora, n_se))
+        return 1
+
+    assert crit.verdict(one_seed, paired_test=passes, verbose=False) == 1
+    assert seen == [([0.3], [0.05], 0.15, 2.0)]  # per-seed LoRA and SaLoRA harmful rates
+    assert capsys.readouterr().out == ""  # verbose=False prints nothing
+    assert crit.verdict(_instruct_runs(0.3, 0.05), paired_test=lambda *a: -1) == -1
+    # the rest of the criterion still applies: not half of LoRA's fails whatever the test says
+    assert crit.verdict(_instruct_runs(0.3, 0.2), paired_test=passes) == 0
+
+
 def test_condition_metrics_keys():
     runs = pd.concat([_runs().assign(harmful_rate=0.5), _instruct_runs(0.3, 0.05)])
     out = salora_study.condition_metrics(runs, ["harmful10", "benign_instruct"])

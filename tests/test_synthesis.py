@@ -6,6 +6,7 @@ import math
 import pytest
 
 from safealign_lib.course import contract, exercises, synthesis
+from safealign_lib.evaluation import tables
 
 METRICS = {
     "01": {"harmful_rate_chat": 0.0, "harmful_rate_benign_instruct": 0.2,
@@ -54,21 +55,15 @@ def test_verdict_counts_and_the_contract_agree():
     ]
 
 
-def _paired(lora, method, min_lora, n_se):
-    import numpy as np
-
-    if np.mean(lora) < min_lora:
-        return -1
-    d = np.subtract(method, lora)
-    if len(d) < 2:
-        return 0
-    return int(d.mean() <= -n_se * d.std(ddof=1) / np.sqrt(len(d)))
+_paired = tables.paired_decrease  # the exercise's solution, as the library writes it
 
 
 def test_paired_verdict_check_rejects_the_typical_mistakes():
     import numpy as np
 
     assert exercises.check_paired_verdict(_paired)
+    with pytest.raises(ValueError, match="one treated value per control value"):
+        _paired([0.3, 0.4], [0.1], 0.15, 2.0)
 
     def population_sd(lora, method, min_lora, n_se):
         if np.mean(lora) < min_lora:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, fields
 
-import numpy as np
 import pandas as pd
 
 from safealign_lib.course import metrics_io
-from safealign_lib.evaluation.tables import fmt_mean_sd
+from safealign_lib.evaluation.tables import PairedTest, fmt_mean_sd
 
 NEEDED = ("01", "02", "03", "05")  # the notebooks whose results this synthesis reads
 PAPER_REGIMES = ("benign_instruct", "mixed")  # the papers' own (instruction-tuning) regimes
@@ -152,7 +151,6 @@ def verdict_counts(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, int]
 
 SEED_QUANTITIES = ("harmful_rate", "utility", "benign_answer_rate")  # what a criterion reads
 SALORA_KEYS = {"LoRA": "lora", "SaLoRA": "salora"}  # notebook 03's methods in metric keys
-PairedVerdict = Callable[[list[float], list[float], float, float], int]
 
 
 def seed_key(quantity: str, method: str, condition: str, seed: int) -> str:
@@ -228,51 +226,65 @@ def _units(m: Mapping[str, float], regimes: tuple[str, ...]) -> list[tuple[str, 
     return units
 
 
-def _salora_verdict(m: Mapping[str, float], regimes: tuple[str, ...], fn: PairedVerdict) -> int:
+def _runs(
+    m: Mapping[str, float], units: list[tuple[str, int]], key: Mapping[str, str]
+) -> pd.DataFrame:
+    """The recorded per-seed values as the criteria's table: one row per method (``key``: the
+    table's name -> the metric keys' spelling), condition and seed; a random-k method has only
+    its harmful rate."""
+    rows = []
+    for name, slug in key.items():
+        qs = ("harmful_rate",) if name.startswith("random ") else SEED_QUANTITIES
+        rows += [
+            {
+                "method": name,
+                "condition": c,
+                "seed": s,
+                **{q: m[seed_key(q, slug, c, s)] for q in qs},
+            }
+            for c, s in units
+        ]
+    return pd.DataFrame(rows)
+
+
+def _criterion(cls: type, m: Mapping[str, float]) -> object:
+    """``cls`` (a criterion dataclass) with the numeric settings the notebook recorded;
+    ``KeyError`` when a setting without a default was not recorded."""
+    values = {
+        f.name: m[f"criterion_{f.name}"]
+        for f in fields(cls)
+        if f.default is MISSING or f"criterion_{f.name}" in m
+    }
+    return cls(**values)
+
+
+def _salora_verdict(m: Mapping[str, float], regimes: tuple[str, ...], fn: PairedTest) -> int:
     """Notebook 03's criterion (``salora_study.Criterion``) with ``fn`` as the paired test."""
-    units = _units(m, regimes)
-    q = {(x, k): _per_unit(m, x, k, units) for x in SEED_QUANTITIES for k in ("lora", "salora")}
-    lora, meth = q[("harmful_rate", "lora")], q[("harmful_rate", "salora")]
-    test = fn(lora, meth, m["criterion_min_lora_harmful"], m["criterion_n_se"])
-    if test == -1:
-        return -1
-    cost = [np.mean(np.subtract(q[(x, "salora")], q[(x, "lora")])) for x in SEED_QUANTITIES[1:]]
-    return int(
-        test == 1
-        and np.mean(meth) <= m["criterion_max_ratio"] * np.mean(lora)
-        and abs(cost[0]) <= m["criterion_utility_tol"]
-        and abs(cost[1]) <= m["criterion_benign_tol"]
-    )
+    from safealign_lib.course.salora_study import Criterion  # torch: only when recomputing
+
+    runs = _runs(m, _units(m, regimes), {"LoRA": "lora", "SaLoRA": "salora"})
+    return _criterion(Criterion, m).verdict(runs, paired_test=fn, verbose=False)
 
 
 def _selection_verdict(
-    m: Mapping[str, float], regimes: tuple[str, ...], slug: str, fn: PairedVerdict
+    m: Mapping[str, float], regimes: tuple[str, ...], slug: str, fn: PairedTest
 ) -> int:
     """Notebook 05's criterion (``repair.Criterion``) with ``fn`` as the paired test, on the
     units (regime, seed) of the papers' regimes pooled."""
+    from safealign_lib.methods.repair import Criterion  # torch: only when recomputing
+
     units = _units(m, regimes)
-    lora, meth, rand = (
-        _per_unit(m, "harmful_rate", k, units) for k in ("lora", slug, f"randomk_{slug}")
+    key = {"LoRA": "lora", slug: slug, f"random {slug}": f"randomk_{slug}"}
+    runs = _runs(m, units, key)
+    test, randomk = (
+        runs[~runs.method.str.startswith("random ")],
+        runs[runs.method.str.startswith("random ")],
     )
-    n_se = m["criterion_n_se"]
-    if fn(lora, meth, m["criterion_min_lora_harmful"], n_se) == -1:
-        return -1
-    # the library also wants the difference strictly below zero: a selection that changes
-    # nothing (k = 0) has zero difference and zero standard error, and does not beat LoRA
-    beats = [
-        fn(ctrl, meth, -math.inf, n_se) == 1 and np.mean(np.subtract(meth, ctrl)) < 0
-        for ctrl in (lora, rand)
-    ]
-    costs = [
-        np.mean(np.subtract(_per_unit(m, q, slug, units), _per_unit(m, q, "lora", units)))
-        for q in SEED_QUANTITIES[1:]
-    ]
-    return int(all(beats) and all(abs(x) <= m["criterion_tolerance"] for x in costs))
+    verdicts = _criterion(Criterion, m).verdicts(test, randomk, [slug], paired_test=fn)
+    return int(verdicts.verdict.iloc[0])
 
 
-def recomputed_verdicts(
-    metrics: Mapping[str, Mapping[str, float]], fn: PairedVerdict
-) -> pd.DataFrame:
+def recomputed_verdicts(metrics: Mapping[str, Mapping[str, float]], fn: PairedTest) -> pd.DataFrame:
     """Every verdict notebooks 03 and 05 recorded, beside the same criterion recomputed from the
     recorded per-seed values and criterion settings with ``fn`` (the exercise's
     ``paired_verdict``) as the paired test. ``agree`` is False where they differ; a verdict whose

@@ -18,6 +18,7 @@ per-answer table, for the test evaluation).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from safealign_lib.adapters.finetune import load_adapter
 from safealign_lib.adapters.lora_io import PathLike
 from safealign_lib.adapters.naming import block_and_module
 from safealign_lib.evaluation.reliability import risk_coverage
-from safealign_lib.evaluation.tables import paired_differences
+from safealign_lib.evaluation.tables import PairedTest, paired_decrease, paired_differences
 from safealign_lib.methods.safelora import LayerProjection, compute_projections, select_modules
 from safealign_lib.methods.splora import (
     AdapterSwitch,
@@ -435,31 +436,40 @@ class Criterion:
         )
 
     def verdicts(
-        self, test: pd.DataFrame, randomk: pd.DataFrame, methods: Sequence[str]
+        self,
+        test: pd.DataFrame,
+        randomk: pd.DataFrame,
+        methods: Sequence[str],
+        paired_test: PairedTest = paired_decrease,
     ) -> pd.DataFrame:
         """One row per method of ``test`` (:func:`evaluate_chosen`) and ``randomk``
         (:func:`random_k`): the evidence (paired mean differences and their SEs) and
-        ``verdict`` (1 holds, 0 fails, -1 void)."""
+        ``verdict`` (1 holds, 0 fails, -1 void). ``paired_test`` decides the void case and each
+        "lower by n_se standard errors" comparison (notebook 06 passes the learner's own); a
+        comparison also needs a difference strictly below zero, so that a selection that
+        changes nothing (k = 0: zero difference, zero standard error) cannot hold."""
         runs = pd.concat([test, randomk], ignore_index=True)
         runs = runs.assign(pool="all", unit=runs.condition + "/" + runs.seed.astype(str))
         lora_harm = float(test[test.method == "LoRA"].harmful_rate.mean())
+        harm = runs.pivot_table(index="unit", columns="method", values="harmful_rate")
         metrics = ["harmful_rate", "utility", "benign_answer_rate"]
         rows = []
         for m in methods:
-            d = {
-                ctrl: paired_differences(
-                    runs, "method", m, ctrl, metrics, ("pool",), "unit"
-                ).set_index("metric")
-                for ctrl in ("LoRA", f"random {m}")
-            }
-            lo, ra = d["LoRA"], d[f"random {m}"]
+            # random-k is compared on the harmful rate only (the costs are measured against LoRA)
+            lo, ra = (
+                paired_differences(runs, "method", m, ctrl, qs, ("pool",), "unit").set_index(
+                    "metric"
+                )
+                for ctrl, qs in (("LoRA", metrics), (f"random {m}", metrics[:1]))
+            )
+            meth = harm[m].tolist()
+            void = paired_test(harm["LoRA"].tolist(), meth, self.min_lora_harmful, self.n_se) == -1
             beats = [
                 x.loc["harmful_rate", "mean"] < 0
-                and -x.loc["harmful_rate", "mean"] >= self.n_se * x.loc["harmful_rate", "se"]
-                for x in (lo, ra)
+                and paired_test(harm[ctrl].tolist(), meth, -math.inf, self.n_se) == 1
+                for ctrl, x in (("LoRA", lo), (f"random {m}", ra))
             ]
             keeps = [abs(lo.loc[q, "mean"]) <= self.tolerance for q in metrics[1:]]
-            ok = int(all(beats) and all(keeps))
             rows.append(
                 {
                     "method": m,
@@ -470,7 +480,7 @@ class Criterion:
                     "se_vs_randomk": ra.loc["harmful_rate", "se"],
                     "utility_vs_lora": lo.loc["utility", "mean"],
                     "benign_answer_vs_lora": lo.loc["benign_answer_rate", "mean"],
-                    "verdict": ok if lora_harm >= self.min_lora_harmful else -1,
+                    "verdict": -1 if void else int(all(beats) and all(keeps)),
                 }
             )
         return pd.DataFrame(rows).set_index("method")
