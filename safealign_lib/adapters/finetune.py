@@ -140,7 +140,8 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     output layer applied only where a position has a target.
 
     The same loss as ``model(**batch).loss``, but prompts and padding skip the vocabulary
-    projection and its softmax (10-17% of a LoRA step on the organism): the model gets a
+    projection and its softmax (about 8% of a LoRA step on the organism's task sets, where a
+    fifth of the positions have a target; see bench/bench_train_step.py): the model gets a
     boolean ``logits_to_keep`` mask, which transformers' causal LMs apply before their output
     layer. A model that ignores the mask returns every position's logits, and the mask is then
     applied here.

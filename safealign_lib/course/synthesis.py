@@ -213,10 +213,6 @@ def _seeds(m: Mapping[str, float], method: str, condition: str) -> list[int]:
     return sorted(int(x.group(1)) for k in m if (x := pattern.fullmatch(k)))
 
 
-def _per_unit(m: Mapping[str, float], q: str, method: str, units: list[tuple[str, int]]) -> list:
-    return [float(m[seed_key(q, method, c, s)]) for c, s in units]
-
-
 def _units(m: Mapping[str, float], regimes: tuple[str, ...]) -> list[tuple[str, int]]:
     """The (regime, seed) pairs of the papers' regimes among ``regimes`` with recorded values;
     ``KeyError`` when there are none (a run from before the per-seed values were recorded)."""
