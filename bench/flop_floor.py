@@ -8,7 +8,8 @@ rate this machine reaches at the organism's own shapes, on all its cores:
 
 - FLOPs per token, forward = 2 x the dense weights' multiply-adds per token (q, k, v, o, the
   MLP's three matrices, the tied output head; attention scores, norms and LoRA's rank-8
-  products are left out, so the floor stays a lower bound);
+  products are left out; the output head is counted at every position, although training
+  applies it only where a position has a target, so training's floor may be up to ~13% high);
 - training = forward + the backward pass's input gradients = 2 x forward per token (the base
   weights are frozen: no weight gradients but LoRA's);
 - generation and forward passes = forward per token processed (prompt and new tokens; the log

@@ -223,24 +223,25 @@ def _units(m: Mapping[str, float], regimes: tuple[str, ...]) -> list[tuple[str, 
 
 
 def _runs(
-    m: Mapping[str, float], units: list[tuple[str, int]], key: Mapping[str, str]
+    m: Mapping[str, float],
+    units: list[tuple[str, int]],
+    key: Mapping[str, str],
+    quantities: tuple[str, ...] = SEED_QUANTITIES,
 ) -> pd.DataFrame:
-    """The recorded per-seed values as the criteria's table: one row per method (``key``: the
-    table's name -> the metric keys' spelling), condition and seed; a random-k method has only
-    its harmful rate."""
-    rows = []
-    for name, slug in key.items():
-        qs = ("harmful_rate",) if name.startswith("random ") else SEED_QUANTITIES
-        rows += [
+    """The recorded per-seed ``quantities`` as the criteria's table: one row per method
+    (``key``: the table's name -> the metric keys' spelling), condition and seed."""
+    return pd.DataFrame(
+        [
             {
                 "method": name,
                 "condition": c,
                 "seed": s,
-                **{q: m[seed_key(q, slug, c, s)] for q in qs},
+                **{q: m[seed_key(q, slug, c, s)] for q in quantities},
             }
+            for name, slug in key.items()
             for c, s in units
         ]
-    return pd.DataFrame(rows)
+    )
 
 
 def _criterion(cls: type, m: Mapping[str, float]) -> object:
@@ -258,7 +259,7 @@ def _salora_verdict(m: Mapping[str, float], regimes: tuple[str, ...], fn: Paired
     """Notebook 03's criterion (``salora_study.Criterion``) with ``fn`` as the paired test."""
     from safealign_lib.course.salora_study import Criterion  # torch: only when recomputing
 
-    runs = _runs(m, _units(m, regimes), {"LoRA": "lora", "SaLoRA": "salora"})
+    runs = _runs(m, _units(m, regimes), SALORA_KEYS)
     return _criterion(Criterion, m).verdict(runs, paired_test=fn, verbose=False)
 
 
@@ -270,12 +271,8 @@ def _selection_verdict(
     from safealign_lib.methods.repair import Criterion  # torch: only when recomputing
 
     units = _units(m, regimes)
-    key = {"LoRA": "lora", slug: slug, f"random {slug}": f"randomk_{slug}"}
-    runs = _runs(m, units, key)
-    test, randomk = (
-        runs[~runs.method.str.startswith("random ")],
-        runs[runs.method.str.startswith("random ")],
-    )
+    test = _runs(m, units, {"LoRA": "lora", slug: slug})
+    randomk = _runs(m, units, {f"random {slug}": f"randomk_{slug}"}, ("harmful_rate",))
     verdicts = _criterion(Criterion, m).verdicts(test, randomk, [slug], paired_test=fn)
     return int(verdicts.verdict.iloc[0])
 
