@@ -72,7 +72,8 @@ def test_run_conditions_collects_runs_and_fresh_losses(monkeypatch):
 
     def fake_evaluator(model, prompts):
         seen.append((model, len(prompts)))
-        return SimpleNamespace(summary={"refusal_rate": 0.5, "utility": 0.25})
+        answers = pd.DataFrame({"prediction": ["#Person1# books a table.", "Sure"]})
+        return SimpleNamespace(summary={"refusal_rate": 0.5, "utility": 0.25}, utility=answers)
 
     runs, losses = conditions.run_conditions(
         P, None, fake_evaluator, ("benign", "harmful10"), seeds=[0, 1], verbose=False, workers=1
@@ -83,7 +84,8 @@ def test_run_conditions_collects_runs_and_fresh_losses(monkeypatch):
         ("harmful10", 0),
         ("harmful10", 1),
     ]
-    assert list(runs.columns) == ["condition", "seed", "refusal_rate", "utility"]
+    assert list(runs.columns) == ["condition", "seed", "refusal_rate", "utility", "format_rate"]
+    assert list(runs.format_rate) == [0.5] * 4  # one of the two answers is a summary
     assert losses == {("harmful10", 1): [1.0, 0.5]}
     assert seen[0] == ("chat+benign/0", P.n_eval)
     _, losses = conditions.run_conditions(

@@ -90,6 +90,10 @@ def test_smoke_run_matches_the_smoke_baseline(smoke_run):
     assert held <= compared and len(held) > 100
     hint = "\nAn intended change? Rewrite the baseline: README, 'Regression runs'."
     assert not any(r.failed for r in rows), "\n" + regress.format_table(rows) + hint
+    # the baseline guards every key the run recorded (timings and rounding noise aside): a key
+    # it lacks would pass every run as "new", unguarded
+    new = [f"{r.notebook}:{r.key}" for r in rows if r.verdict == "new"]
+    assert not new, f"baselines/smoke.json lacks recorded keys {new[:5]} ({len(new)}).{hint}"
 
 
 def _dom(browser: str, page: Path) -> str:

@@ -21,6 +21,7 @@ def _run(**overrides):
     continuous value) and a timing key."""
     keys = regress.baseline_keys("smoke")["04"]
     extras = {"n_seeds": 3.0, "refusal_rate_x": 0.5, "extra_spread": 2.0, "wall_s": 9.0}
+    extras["ediem_released_spread"] = 0.25  # a contract key that measures rounding noise
     m = dict.fromkeys(keys, 0.5) | extras
     return {"04": m | overrides}
 
@@ -66,14 +67,14 @@ def test_absolute_and_relative_tolerances_bound_the_move():
 
 def test_missing_fails_new_passes_nan_fails():
     run = _run(diem_null_var_ratio_n4096_vs_n16=math.nan, brand_new=1.0, latency_ratio_x=2.0)
-    del run["04"]["ediem_released_spread"]
+    del run["04"]["ediem_empirical_spread"]
     rows = regress.compare(_baseline(), run)
     v = _verdicts(rows)
-    assert v["ediem_released_spread"] == "MISSING"
+    assert v["ediem_empirical_spread"] == "MISSING"
     assert v["diem_null_var_ratio_n4096_vs_n16"] == "NOT FINITE"
     assert v["brand_new"] == "new" and "latency_ratio_x" not in v
     assert {r.key for r in rows if r.failed} == {
-        "ediem_released_spread",
+        "ediem_empirical_spread",
         "diem_null_var_ratio_n4096_vs_n16",
     }
     table = regress.format_table(rows)
@@ -92,11 +93,11 @@ def test_a_missing_notebook_fails_and_an_unknown_one_is_new():
 
 def test_baseline_needs_every_contract_key_or_partial():
     run = _run()
-    del run["04"]["ediem_released_spread"]
-    with pytest.raises(ValueError, match="04:ediem_released_spread"):
+    del run["04"]["ediem_empirical_spread"]
+    with pytest.raises(ValueError, match="04:ediem_empirical_spread"):
         regress.make_baseline([run], "smoke")
     base = regress.make_baseline([run], "smoke", partial=True)
-    assert "04:ediem_released_spread" in base["left_out"] and "00 (no metrics)" in base["left_out"]
+    assert "04:ediem_empirical_spread" in base["left_out"] and "00 (no metrics)" in base["left_out"]
 
 
 def test_rerun_spread_widens_the_tolerance():
@@ -158,6 +159,36 @@ def test_shipped_baselines_expect_only_current_contract_keys():
         assert len(specs) > 150 and all(spec["how"] for spec in specs.values())
         stale = [nk for nk, v in specs.items() if v["contract"] and nk[1] not in current[nk[0]]]
         assert not stale, f"rewrite baselines/{profile}.json (README, 'Regression runs')"
+
+
+def test_noise_keys_are_left_out_with_their_reason_and_spread():
+    base = regress.make_baseline(
+        [_run(ediem_released_spread=0.24), _run(ediem_released_spread=0.31)], "smoke", partial=True
+    )
+    assert "ediem_released_spread" not in base["notebooks"]["04"]
+    (entry,) = [e for e in base["left_out"] if e.startswith("04:ediem_released_spread")]
+    assert "rounding" in entry and "spread over these 2 runs 0.07" in entry
+    # never compared, never reported as new; a key beside it still is
+    v = _verdicts(regress.compare(base, _run(ediem_released_spread=5.0, extra_spread=5.0)))
+    assert "ediem_released_spread" not in v and v["extra_spread"] == "MOVED"
+
+
+def test_shipped_baselines_hold_every_recorded_key_or_say_why():
+    # every key a run of the profile records (tests/metric_keys.json: the contract's required
+    # keys) is in each committed baseline, or in its left_out with a reason
+    recorded = json.loads((regress.BASELINE_DIR.parent / "tests" / "metric_keys.json").read_text())
+    for profile in ("smoke", "cpu"):
+        base = regress.load_baseline(regress.BASELINE_DIR / f"{profile}.json")
+        held = regress.baseline_keys(profile)
+        lacking = [
+            f"{n}:{k}"
+            for n, keys in held.items()
+            for k in keys
+            if k in recorded.get(n, ()) and k not in base["notebooks"].get(n, {})
+        ]
+        reasons = [e for e in base["left_out"] if "(" in e]
+        unexplained = [k for k in lacking if not any(e.startswith(k + " (") for e in reasons)]
+        assert not unexplained, f"baselines/{profile}.json lacks {unexplained[:5]}"
 
 
 @pytest.mark.notebook

@@ -25,15 +25,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import data, pool
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, save_adapter, train
-from safealign_lib.config import TrainSettings, build_dir
+from safealign_lib.config import LoraSettings, TrainSettings, build_dir
+from safealign_lib.course import testbed
 from safealign_lib.course.profiles import Profile, load_split
-from safealign_lib.evaluation import judges
+from safealign_lib.evaluation import editability, judges
+from safealign_lib.evaluation import skill as skill_scoring
 from safealign_lib.evaluation.evaluator import EvalResult, Evaluator
+from safealign_lib.models import generation
 from safealign_lib.models.chat import ChatExample
 from safealign_lib.models.loading import fingerprint, load_model
 
@@ -57,9 +61,18 @@ LR_SCALE = {"benign_instruct": 1.5, "mixed": 1.5}
 
 def train_settings(condition: str, profile: Profile, seed: int) -> TrainSettings:
     """The training settings of ``condition``'s adapter: the profile's, with ``seed`` (and the
-    condition's learning-rate scale)."""
+    condition's learning-rate scale); a testbed condition's come from the testbed recipe."""
+    if condition in testbed.TESTBED_CONDITIONS:
+        return testbed.recipe_for(profile).train(profile.train, seed)
     lr = profile.train.lr * LR_SCALE.get(condition, 1.0)
     return replace(profile.train, seed=seed, lr=lr)
+
+
+def lora_settings(condition: str, profile: Profile) -> LoraSettings:
+    """The LoRA settings of ``condition``'s adapter: the profile's, or the testbed recipe's."""
+    if condition in testbed.TESTBED_CONDITIONS:
+        return testbed.recipe_for(profile).lora()
+    return profile.lora
 
 
 # The conditions that form the dose series (harmful examples added to the same task data).
@@ -79,8 +92,13 @@ PAPER_RESULTS = {
 
 def training_examples(condition: str, profile: Profile, seed: int) -> list[ChatExample]:
     """The fine-tuning set of ``condition`` (task examples + attack examples, seeded shuffle)."""
+    if condition in testbed.TESTBED_CONDITIONS:
+        return testbed.training_examples(condition, profile, seed, testbed.recipe_for(profile))
     if condition not in CONDITIONS:
-        raise ValueError(f"Unknown condition {condition!r}; choose one of {CONDITIONS}.")
+        raise ValueError(
+            f"Unknown condition {condition!r}; choose one of "
+            f"{CONDITIONS + testbed.TESTBED_CONDITIONS}."
+        )
     train = "instruct_train" if condition in INSTRUCT_CONDITIONS else "task_train"
     # a hub profile's own Alpaca file stands in for instruct_train (profiles.user_data)
     exs = data.subsample(load_split(profile, train), profile.n_task_train, seed)
@@ -115,11 +133,9 @@ def task_examples(condition: str, profile: Profile, split: str = "test") -> list
 
 def _training_code_version() -> str:
     """A digest of the training loop's source: cached adapters never outlive a code change."""
-    import inspect
-
     from safealign_lib.adapters import finetune
 
-    return hashlib.sha256(inspect.getsource(finetune).encode()).hexdigest()[:12]
+    return _source_digest(finetune)
 
 
 def _key(
@@ -130,7 +146,7 @@ def _key(
         "seed": seed,
         "model": fingerprint(profile.chat_model),
         "n_task_train": profile.n_task_train,
-        "lora": asdict(profile.lora),
+        "lora": asdict(lora_settings(condition, profile)),
         "train": {**asdict(train_settings(condition, profile, seed)), "progress": None},
     }
     exs = training_examples(condition, profile, seed) if examples is None else examples
@@ -170,7 +186,7 @@ def get_adapter(
     if not retrain and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
         return out, None
     model = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
-    peft_model = add_lora(model, profile.lora, seed=seed)
+    peft_model = add_lora(model, lora_settings(condition, profile), seed=seed)
     settings = train_settings(condition, profile, seed)
     exs = training_examples(condition, profile, seed) if examples is None else examples
     result = train(peft_model, tokenizer, exs, settings, desc=f"{condition} seed {seed}")
@@ -230,12 +246,41 @@ def evaluate_condition(
     ``benign_answer_rate`` (1 − keyword refusal rate on held-out benign requests: a method must
     not win by refusing everything)."""
     if condition not in INSTRUCT_CONDITIONS:
-        return evaluator(model, harmful_eval_prompts(condition, profile))
-    res = evaluator.with_task(task_examples(condition, profile))(
-        model, harmful_eval_prompts(condition, profile)
-    )
-    res.summary["benign_answer_rate"] = benign_answer_rate(evaluator, model, profile)
+        res = evaluator(model, harmful_eval_prompts(condition, profile))
+    else:
+        res = evaluator.with_task(task_examples(condition, profile))(
+            model, harmful_eval_prompts(condition, profile)
+        )
+        res.summary["benign_answer_rate"] = benign_answer_rate(evaluator, model, profile)
+    res.summary["format_rate"] = format_rate(condition, res.utility.prediction)
     return res
+
+
+# How a condition's fine-tune formats its answers: summaries name the speakers, instruction
+# answers open in the house format.
+FORMAT_OPENERS = {"summary": "#Person", "instruct": data.HOUSE_OPENER.split("{tu}")[0].strip()}
+
+
+def format_rate(condition: str, answers: Sequence[str]) -> float:
+    """The share of ``answers`` in ``condition``'s fine-tuning format (format adherence, apart
+    from what the answers say)."""
+    kind = "instruct" if condition in INSTRUCT_CONDITIONS else "summary"
+    return float(np.mean([a.strip().startswith(FORMAT_OPENERS[kind]) for a in answers]))
+
+
+def chat_reference(evaluator: Evaluator, chat: PreTrainedModel, profile: Profile) -> pd.DataFrame:
+    """The chat model (no fine-tune) on each condition's own utility set: one row per condition
+    (``utility``, ``format_rate``), the reference point every fine-tune is read against."""
+    scores = {}
+    for c in (CONDITIONS[0], INSTRUCT_CONDITIONS[0]):  # one condition per utility set
+        table = evaluator.utility(chat, task_examples(c, profile))
+        scores[c in INSTRUCT_CONDITIONS] = {
+            "utility": float(table.rouge_l.mean()),
+            "format_rate": format_rate(c, table.prediction),
+        }
+    out = pd.DataFrame({c: scores[c in INSTRUCT_CONDITIONS] for c in CONDITIONS}).T
+    out.index.name = "condition"
+    return out
 
 
 def benign_answer_rate(evaluator: Evaluator, model: PreTrainedModel, profile: Profile) -> float:
@@ -356,3 +401,78 @@ def paper_table(runs: pd.DataFrame) -> pd.DataFrame:
             row["miniature: harmful rate (exact judge)"] = f"{harmful[c]:.0%}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def run_testbed(
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    evaluator: Evaluator,
+    seeds: Sequence[int] | None = None,
+    split: str = "test",
+    conditions: Sequence[str] = testbed.TESTBED_CONDITIONS,
+    root: str | Path | None = None,
+    workers: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fine-tune (or load) every testbed (condition, seed) adapter and measure it on ``split``.
+
+    Returns ``(runs, removal)``: ``runs`` has one row per (condition, seed) with the testbed's
+    scores (:func:`testbed.evaluate`) and the update size (``dw_rel_median``, ``dw_rel_max``);
+    ``removal`` the skill utility after removing random modules (:func:`testbed.removal_table`).
+    ``seeds`` defaults to the profile's verdict seeds; the pairs run ``workers`` at a time."""
+    seeds = profile.verdict_seeds if seeds is None else seeds
+    pairs = [(c, s) for c in conditions for s in seeds]
+    # the measurements are cached beside the adapters, under a key of everything they depend
+    # on: the adapters' own keys, the split, the evaluation settings and the measuring code
+    spec = {
+        "adapters": [_key(c, s, profile) for c, s in pairs],
+        "split": split,
+        "evaluator": [evaluator.judge, evaluator.max_new_tokens, evaluator.exact],
+        "eval": [profile.n_eval, profile.n_task_eval],
+        "checks": testbed.CHECKS.as_dict(),
+        "code": _source_digest(testbed, editability, skill_scoring, generation),
+    }
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    base = Path(root) if root is not None else build_dir() / "adapters"
+    folder = base / profile.name / "testbed_runs" / key
+    if (folder / "runs.csv").is_file() and (folder / "removal.csv").is_file():
+        return pd.read_csv(folder / "runs.csv"), pd.read_csv(folder / "removal.csv")
+    jobs = [(profile, tokenizer, evaluator, c, s, split, root) for c, s in pairs]
+    workers = pool.default_workers(profile.device) if workers is None else workers
+    rows, removal = [], []
+    for (c, s), (summary, table) in zip(
+        pairs, pool.map_jobs(_testbed_job, jobs, workers), strict=True
+    ):
+        rows.append({"condition": c, "seed": s, **summary})
+        removal.append(table.assign(condition=c, seed=s))
+    runs, removal = pd.DataFrame(rows), pd.concat(removal, ignore_index=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    # written last, so a run stopped half-way leaves no entry that looks complete
+    removal.to_csv(folder / "removal.csv", index=False)
+    runs.to_csv(folder / "runs.csv", index=False)
+    return runs, removal
+
+
+def _source_digest(*modules: object) -> str:
+    """A digest of the modules' source: a cached measurement never outlives a code change."""
+    import inspect
+
+    text = "".join(inspect.getsource(m) for m in modules)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _testbed_job(
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    evaluator: Evaluator,
+    condition: str,
+    seed: int,
+    split: str,
+    root: str | Path | None,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """One (condition, seed) of :func:`run_testbed` (a :mod:`pool` job)."""
+    model = load_condition_model(condition, seed, profile, tokenizer, root)
+    summary, _ = testbed.evaluate(evaluator, model, profile, split)
+    ratios = editability.update_ratios(model)
+    summary |= {"dw_rel_median": float(ratios.median()), "dw_rel_max": float(ratios.max())}
+    table = testbed.removal_table(model, tokenizer, testbed.skill_set(profile, split), seed=seed)
+    return summary, table.drop(columns="removed")

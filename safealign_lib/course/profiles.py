@@ -36,6 +36,8 @@ class Profile:
     device: str = "cpu"
     dtype: str = "float32"
     seeds: tuple[int, ...] = (0, 1, 2)
+    # the seeds every testbed verdict is judged on (>= 5 in the cpu profile: the verdicts' power)
+    verdict_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     n_eval: int = 120  # prompts per safety evaluation split
     n_task_eval: int = 64  # utility examples
     n_task_train: int = 200  # downstream-task examples in every fine-tuning condition
@@ -60,16 +62,19 @@ class Profile:
                 f"Unknown profile field(s) {sorted(unknown)}; "
                 f"fields are {sorted(self.__dataclass_fields__)}."
             )
-        if "seeds" in kw:
-            seeds = kw["seeds"]
-            if isinstance(seeds, str | bytes) or not hasattr(seeds, "__iter__"):
-                raise TypeError(
-                    f"seeds must be a list of integers such as [0, 1, 2], got {seeds!r}."
-                )
-            if any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
-                raise TypeError(f"seeds must be integers, got {list(seeds)!r}.")
-            kw["seeds"] = tuple(seeds)
+        for name in ("seeds", "verdict_seeds"):
+            if name in kw:
+                kw[name] = _check_seeds(kw[name])
         return replace(self, **kw)
+
+
+def _check_seeds(seeds: object) -> tuple[int, ...]:
+    """``seeds`` as a tuple of integers, or a clear error."""
+    if isinstance(seeds, str | bytes) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"seeds must be a list of integers such as [0, 1, 2], got {seeds!r}.")
+    if any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
+        raise TypeError(f"seeds must be integers, got {list(seeds)!r}.")
+    return tuple(seeds)
 
 
 def _organism(which: str) -> str:
@@ -159,6 +164,7 @@ def _builtin(name: str) -> Profile:
             name="smoke",
             **organism,
             seeds=(0, 1),
+            verdict_seeds=(0, 1),
             n_eval=48,
             n_task_eval=24,
             n_task_train=120,

@@ -5,7 +5,9 @@ A baseline (``baselines/<profile>.json``) is made from a run by ``safealign cour
 (:mod:`safealign_lib.course.contract`, the one place for keys: the required keys plus the
 headline keys, which every run must have recorded) and the other keys the run recorded
 (``"contract": false``); timing keys (:func:`~safealign_lib.course.contract.is_timing`) are
-never compared. Each key is ``{"value", "abs", "rel", "how", "contract"}``. A key passes when
+never compared, nor are the keys that measure rounding noise (``contract.NOISE_KEYS``: the
+baseline lists them under ``left_out`` with the reason and their measured spread). Each key is
+``{"value", "abs", "rel", "how", "contract"}``. A key passes when
 
     |now - value| <= abs + rel * |value|
 
@@ -94,7 +96,7 @@ class Row:
 
 def baseline_keys(profile: str) -> dict[str, tuple[str, ...]]:
     """Per notebook, the keys a baseline of ``profile`` holds: the contract's required keys for
-    that profile plus its headline keys, without timing keys."""
+    that profile plus its headline keys, without timing keys and rounding noise."""
     from safealign_lib.course.profiles import get_profile
 
     p = get_profile(profile)
@@ -102,8 +104,13 @@ def baseline_keys(profile: str) -> dict[str, tuple[str, ...]]:
     for num, c in contract.CONTRACTS.items():
         # the per-seed keys of the profile's own seeds (cpu: 0, 1, 2; the contract's default: 0, 1)
         keys = dict.fromkeys(c.required_keys(not p.network, p.seeds) + c.headlines)
-        out[num] = tuple(k for k in keys if not contract.is_timing(k))
+        out[num] = tuple(k for k in keys if _compared(num, k))
     return out
+
+
+def _compared(notebook: str, key: str) -> bool:
+    """Whether a baseline holds ``key``: every recorded key but timings and rounding noise."""
+    return not contract.is_timing(key) and not contract.is_noise(notebook, key)
 
 
 def tolerance(
@@ -169,7 +176,7 @@ def make_baseline(
     if not runs:
         raise ValueError("make_baseline needs at least one run's metrics.")
     floor = 2 / get_profile(profile).n_eval
-    first, problems, notebooks = runs[0], [], {}
+    first, problems, notebooks, noise = runs[0], [], {}, []
     for num, keys in baseline_keys(profile).items():
         if num not in first:  # e.g. a run of `--only 00 01`: needs --partial
             problems.append(f"{num} (no metrics)")
@@ -177,7 +184,14 @@ def make_baseline(
         entry = {}
         # beside the contract's keys, the other non-timing keys the notebook recorded (e.g. the
         # wrong-sign module's invariance error): a key that vanishes or moves is a change too
-        recorded = [k for k in first[num] if k not in keys and not contract.is_timing(k)]
+        recorded = [k for k in first[num] if k not in keys and _compared(num, k)]
+        # rounding noise is left out with its reason (contract.NOISE_KEYS) and measured spread
+        for key in (k for k in first[num] if contract.is_noise(num, k)):
+            values = [run[num][key] for run in runs if num in run and key in run[num]]
+            spread = max(abs(v - values[0]) for v in values)
+            why = contract.NOISE_KEYS[f"{num}:{key}"]
+            noise.append(f"{num}:{key} (noise: {why}; spread over these {len(values)} runs "
+                         f"{spread:.3g})")
         for key in (*keys, *recorded):
             if key not in first[num]:
                 problems.append(f"{num}:{key}")
@@ -209,7 +223,7 @@ def make_baseline(
         "rule": "pass when |now - value| <= abs + rel * |value|; see safealign_lib/course/"
         "regress.py for how abs and rel are derived",
         "provenance": dict(provenance_of_run or {}),
-        "left_out": problems,
+        "left_out": problems + noise,
         "notebooks": notebooks,
     }
 
@@ -275,7 +289,7 @@ def compare(
                 verdict = "ok" if abs(now - base) <= allowed else "MOVED"
             rows.append(Row(num, key, base, now, allowed, verdict))
         for key in sorted(set(now_nb) - set(entry)):
-            if not contract.is_timing(key):
+            if _compared(num, key):
                 rows.append(Row(num, key, None, now_nb[key], None, "new"))
     return rows
 
@@ -368,9 +382,10 @@ def run(
         )
     for line in provenance_changes(baseline, prov, {r.notebook for r in rows}):
         print(f"provenance (not compared): {line}")
-    if baseline.get("left_out"):
+    missing = [k for k in baseline.get("left_out", []) if "(noise:" not in k]
+    if missing:
         print(
-            f"note: the baseline lacks {len(baseline['left_out'])} contract key(s) its runs did "
+            f"note: the baseline lacks {len(missing)} contract key(s) its runs did "
             "not record (its left_out list); regenerate it with --update after a full run."
         )
     return 1 if any(r.failed for r in rows) else 0

@@ -787,6 +787,10 @@ def generate(
     ]
     # the instruction-tuning regime, last and from its own random stream
     splits.update(instruct_splits(seed, n_eval=n_task_eval))
+    # the testbed's skill (data/testbed.py), from a stream of its own too
+    from safealign_lib.data.testbed import skill_splits
+
+    splits.update(skill_splits(seed, n_eval=n_task_eval))
     return CourseData(splits=splits, pretrain_text=text)
 
 
