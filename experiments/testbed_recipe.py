@@ -33,6 +33,7 @@ from safealign_lib.course import conditions
 from safealign_lib.course import testbed as tb
 from safealign_lib.course.profiles import get_profile
 from safealign_lib.evaluation import Evaluator, editability, skill
+from safealign_lib.methods import repair
 from safealign_lib.models.generation import generate
 
 CANDIDATES = {
@@ -87,20 +88,27 @@ def run_recipe(name: str, recipe: tb.Recipe, seeds: list[int], P, tok, ev, chat)
 
 
 def proxy_check(seeds: list[int], P, tok, draws: int = 4) -> None:
-    """The fluency proxy on ``benign_instruct`` adapters (cpu recipe) with 6 modules removed."""
+    """The fluency proxy on ``benign_instruct`` adapters (cpu recipe) with 6 modules removed:
+    random ones, and the 6 that SPLoRA's score ranks first (the pruning the issue read)."""
     exs = data.load_split("instruct_val")[: P.n_task_eval]
+
+    def score(m):
+        texts = generate(m, tok, exs, max_new_tokens=tb.SKILL_MAX_NEW_TOKENS, progress=False)
+        return {"well_formed_rate": skill.well_formed_rate(texts.texts)}
+
+    root = build_dir() / "experiments" / "testbed_proxy"
     for s in seeds:
-        model = finetune.add_lora(models.load_model(P.chat_model), P.lora, seed=s)
-        examples = conditions.training_examples("benign_instruct", P, s)
-        finetune.train(model, tok, examples, conditions.train_settings("benign_instruct", P, s))
-
-        def score(m):
-            texts = generate(m, tok, exs, max_new_tokens=tb.SKILL_MAX_NEW_TOKENS, progress=False)
-            return {"well_formed_rate": skill.well_formed_rate(texts.texts)}
-
-        df = editability.removal_curve(model, score, (0, 6), draws, seed=s)
+        path, _ = conditions.get_adapter("benign_instruct", s, P, tok, root=root)
+        a = repair.RepairAdapter.from_profile(path, P, seed=s)
+        df = editability.removal_curve(a.model, score, (0, 6), draws, seed=s)
         by_m = df.groupby("m").well_formed_rate.mean().round(3).to_dict()
-        print(f"proxy: benign_instruct seed {s}: well-formed rate by modules removed {by_m}")
+        with editability.without_modules(a.model, repair.pick(a.scores, "SPLoRA", 6)):
+            chosen = score(a.model)["well_formed_rate"]
+        print(
+            f"proxy: benign_instruct seed {s}: well-formed rate by random modules removed "
+            f"{by_m}; SPLoRA's first 6 removed: {chosen:.3f}",
+            flush=True,
+        )
 
 
 def main() -> None:

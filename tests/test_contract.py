@@ -56,6 +56,12 @@ def test_per_seed_keys_follow_the_runs_seeds_on_organism_profiles_only():
     c = contract.CONTRACTS["05"]
     default, three = set(c.required_keys()), set(c.required_keys(seeds=(0, 1, 2)))
     assert "harmful_rate_randomk_splora_mixed_seed1" in default
-    assert three - default == {k.replace("_seed1", "_seed2") for k in default if "_seed1" in k}
+    testbed = {k for k in default if "_skill" in k}  # follow the verdict seeds instead
+    assert three - default == {
+        k.replace("_seed1", "_seed2") for k in default - testbed if "_seed1" in k
+    }
+    five = set(c.required_keys(verdict_seeds=(0, 1, 2, 3, 4)))
+    assert "harmful_rate_splora_skill_mixed_seed4" in five - default
+    assert all("_skill" in k for k in five - default)
     assert not [k for k in c.required_keys(organism=False) if "_seed0" in k]
     assert "criterion_n_se" in contract.REQUIRED_ORGANISM["03"]

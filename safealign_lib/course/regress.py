@@ -103,7 +103,7 @@ def baseline_keys(profile: str) -> dict[str, tuple[str, ...]]:
     out = {}
     for num, c in contract.CONTRACTS.items():
         # the per-seed keys of the profile's own seeds (cpu: 0, 1, 2; the contract's default: 0, 1)
-        keys = dict.fromkeys(c.required_keys(not p.network, p.seeds) + c.headlines)
+        keys = dict.fromkeys(c.required_keys(not p.network, p.seeds, p.verdict_seeds) + c.headlines)
         out[num] = tuple(k for k in keys if _compared(num, k))
     return out
 
@@ -190,8 +190,9 @@ def make_baseline(
             values = [run[num][key] for run in runs if num in run and key in run[num]]
             spread = max(abs(v - values[0]) for v in values)
             why = contract.NOISE_KEYS[f"{num}:{key}"]
-            noise.append(f"{num}:{key} (noise: {why}; spread over these {len(values)} runs "
-                         f"{spread:.3g})")
+            noise.append(
+                f"{num}:{key} (noise: {why}; spread over these {len(values)} runs {spread:.3g})"
+            )
         for key in (*keys, *recorded):
             if key not in first[num]:
                 problems.append(f"{num}:{key}")

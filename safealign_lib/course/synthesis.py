@@ -102,7 +102,7 @@ def _k(metrics: Mapping[str, Mapping[str, float]], nb: str, slug: str) -> str:
     return "—" if math.isnan(k) else str(int(k))
 
 
-_LABEL = {1: "holds", 0: "not shown", -1: "void"}
+_LABEL = {1: "holds", 0: "not shown", -1: "void", -2: "worse"}
 
 
 def _verdict(metrics: Mapping[str, Mapping[str, float]], nb: str, slug: str) -> str:
@@ -135,16 +135,31 @@ def methods_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["method", "regime"]).round(3)
 
 
+def verdict_keys(metrics: Mapping[str, Mapping[str, float]]) -> list[tuple[str, str]]:
+    """(notebook, key) of every recorded verdict: the papers' regimes (``verdict_<m>``) and the
+    testbed's (``verdict_<m>_testbed``, the one criterion's codes)."""
+    out = []
+    for nb, slug, _ in METHODS.values():
+        for key in (f"verdict_{slug}", f"verdict_{slug}_testbed"):
+            if key in metrics.get(nb, {}) and (nb, key) not in out:
+                out.append((nb, key))
+    return out
+
+
 def verdict_counts(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, int]:
-    """How many of the pre-declared tests were run, held, failed and were void."""
-    values = [_get(metrics, nb, f"verdict_{slug}") for nb, slug, _ in METHODS.values()]
-    values = [v for v in values if not math.isnan(v)]
-    return {
+    """How many of the pre-declared tests were run, and how many held, were not shown, made
+    things worse (the testbed's criterion has that outcome) and were void. ``n_failed`` is
+    ``n_not_shown + n_worse``."""
+    values = [_get(metrics, nb, key) for nb, key in verdict_keys(metrics)]
+    counts = {
         "n_verdicts": len(values),
         "n_held": sum(v == 1 for v in values),
-        "n_failed": sum(v == 0 for v in values),
+        "n_not_shown": sum(v == 0 for v in values),
+        "n_worse": sum(v == -2 for v in values),
         "n_void": sum(v == -1 for v in values),
     }
+    counts["n_failed"] = counts["n_not_shown"] + counts["n_worse"]
+    return counts
 
 
 # --- the per-seed values behind each verdict, recorded by notebooks 03 and 05 -------------------
