@@ -79,7 +79,7 @@ def test_update_ratios_and_removal_restore_the_adapter(lora_lm):
     name = ratios.index[0]
     m = lora_modules(model)[name.removesuffix(".weight")]
     b0 = m.lora_B["default"].weight.clone()
-    w, lora_a = m.get_base_layer().weight, m.lora_A["default"].weight
+    w, lora_a = m.get_base_layer().weight.detach(), m.lora_A["default"].weight.detach()
     assert ratios[name] == pytest.approx(
         float((m.scaling["default"] * b0 @ lora_a).norm() / w.norm())
     )

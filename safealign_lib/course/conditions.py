@@ -21,18 +21,18 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import data, pool
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, save_adapter, train
 from safealign_lib.config import LoraSettings, TrainSettings, build_dir
-from safealign_lib.course import testbed
+from safealign_lib.course import cache, testbed
 from safealign_lib.course.profiles import Profile, load_split
 from safealign_lib.evaluation import editability, judges
 from safealign_lib.evaluation import skill as skill_scoring
@@ -135,7 +135,7 @@ def _training_code_version() -> str:
     """A digest of the training loop's source: cached adapters never outlive a code change."""
     from safealign_lib.adapters import finetune
 
-    return _source_digest(finetune)
+    return cache.source_digest(finetune)
 
 
 def _key(
@@ -156,6 +156,11 @@ def _key(
     ).hexdigest()
     spec["code"] = _training_code_version()
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def adapter_key(condition: str, seed: int, profile: Profile) -> str:
+    """The cache key of the (condition, seed) adapter: its data, settings, model and code."""
+    return _key(condition, seed, profile)
 
 
 def adapter_dir(
@@ -258,14 +263,14 @@ def evaluate_condition(
 
 # How a condition's fine-tune formats its answers: summaries name the speakers, instruction
 # answers open in the house format.
-FORMAT_OPENERS = {"summary": "#Person", "instruct": data.HOUSE_OPENER.split("{tu}")[0].strip()}
+SUMMARY_FORMAT = re.compile(r"^#Person")
 
 
 def format_rate(condition: str, answers: Sequence[str]) -> float:
     """The share of ``answers`` in ``condition``'s fine-tuning format (format adherence, apart
     from what the answers say)."""
-    kind = "instruct" if condition in INSTRUCT_CONDITIONS else "summary"
-    return float(np.mean([a.strip().startswith(FORMAT_OPENERS[kind]) for a in answers]))
+    pattern = skill_scoring.HOUSE_FORMAT if condition in INSTRUCT_CONDITIONS else SUMMARY_FORMAT
+    return skill_scoring.format_rate(answers, pattern)
 
 
 def chat_reference(evaluator: Evaluator, chat: PreTrainedModel, profile: Profile) -> pd.DataFrame:
@@ -428,36 +433,24 @@ def run_testbed(
         "split": split,
         "evaluator": [evaluator.judge, evaluator.max_new_tokens, evaluator.exact],
         "eval": [profile.n_eval, profile.n_task_eval],
-        "checks": testbed.CHECKS.as_dict(),
-        "code": _source_digest(testbed, editability, skill_scoring, generation),
+        "checks": testbed.checks_for(profile).as_dict(),
+        "code": cache.source_digest(testbed, editability, skill_scoring, generation),
     }
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    base = Path(root) if root is not None else build_dir() / "adapters"
-    folder = base / profile.name / "testbed_runs" / key
-    if (folder / "runs.csv").is_file() and (folder / "removal.csv").is_file():
-        return pd.read_csv(folder / "runs.csv"), pd.read_csv(folder / "removal.csv")
-    jobs = [(profile, tokenizer, evaluator, c, s, split, root) for c, s in pairs]
-    workers = pool.default_workers(profile.device) if workers is None else workers
-    rows, removal = [], []
-    for (c, s), (summary, table) in zip(
-        pairs, pool.map_jobs(_testbed_job, jobs, workers), strict=True
-    ):
-        rows.append({"condition": c, "seed": s, **summary})
-        removal.append(table.assign(condition=c, seed=s))
-    runs, removal = pd.DataFrame(rows), pd.concat(removal, ignore_index=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    # written last, so a run stopped half-way leaves no entry that looks complete
-    removal.to_csv(folder / "removal.csv", index=False)
-    runs.to_csv(folder / "runs.csv", index=False)
+
+    def compute() -> tuple[pd.DataFrame, pd.DataFrame]:
+        jobs = [(profile, tokenizer, evaluator, c, s, split, root) for c, s in pairs]
+        n = pool.default_workers(profile.device) if workers is None else workers
+        rows, removal = [], []
+        for (c, s), (summary, table) in zip(
+            pairs, pool.map_jobs(_testbed_job, jobs, n), strict=True
+        ):
+            rows.append({"condition": c, "seed": s, **summary})
+            removal.append(table.assign(condition=c, seed=s))
+        return pd.DataFrame(rows), pd.concat(removal, ignore_index=True)
+
+    folder = cache.folder_for(profile.name, "testbed_runs", spec, root)
+    runs, removal = cache.cached_tables(folder, ("runs", "removal"), compute)
     return runs, removal
-
-
-def _source_digest(*modules: object) -> str:
-    """A digest of the modules' source: a cached measurement never outlives a code change."""
-    import inspect
-
-    text = "".join(inspect.getsource(m) for m in modules)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _testbed_job(
@@ -474,5 +467,49 @@ def _testbed_job(
     summary, _ = testbed.evaluate(evaluator, model, profile, split)
     ratios = editability.update_ratios(model)
     summary |= {"dw_rel_median": float(ratios.median()), "dw_rel_max": float(ratios.max())}
-    table = testbed.removal_table(model, tokenizer, testbed.skill_set(profile, split), seed=seed)
+    examples = testbed.skill_set(profile, split)
+    table = testbed.removal_table(model, tokenizer, examples, testbed.checks_for(profile), seed)
     return summary, table.drop(columns="removed")
+
+
+@dataclass
+class TestbedRun:
+    """The testbed's checks measured on one split (:func:`testbed_run`): LoRA's rows per
+    (condition, seed), the removal table, the chat model's scores, the best fixed answer's
+    utility and each condition's check results."""
+
+    runs: pd.DataFrame
+    removal: pd.DataFrame
+    chat: dict[str, float]
+    fixed: float
+    results: dict[str, dict[str, float]]
+
+    @property
+    def valid(self) -> dict[str, bool]:
+        """Whether each condition is a valid testbed (it passed every check)."""
+        return {c: bool(r["testbed"]) for c, r in self.results.items()}
+
+    def table(self) -> pd.DataFrame:
+        """The checks, their thresholds and each condition's values (printable)."""
+        return testbed.checks_table(self.results, testbed.CHECKS)
+
+    def metrics(self) -> dict[str, float]:
+        """The testbed's metric keys (:func:`testbed.metrics`)."""
+        return testbed.metrics(self.runs, self.removal, self.chat, self.fixed)
+
+
+def testbed_run(
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    evaluator: Evaluator,
+    chat: PreTrainedModel,
+    split: str = "test",
+    workers: int | None = None,
+) -> TestbedRun:
+    """Every testbed check on ``split`` and the profile's verdict seeds: LoRA's adapters (trained
+    or cached) measured by :func:`run_testbed` (cached too), the chat model, the fixed answer."""
+    runs, removal = run_testbed(profile, tokenizer, evaluator, split=split, workers=workers)
+    chat_scores, _ = testbed.evaluate(evaluator, chat, profile, split)
+    fixed = testbed.fixed_answer_utility(testbed.skill_set(profile, split))
+    results = testbed.check_all(runs, removal, chat_scores, fixed)
+    return TestbedRun(runs, removal, chat_scores, fixed, results)

@@ -337,9 +337,27 @@ CONTRACTS: dict[str, NotebookContract] = {
             f"{m}_{v}_benign_instruct"
             for v in ("lora", "salora", "salora_decision")
             for m in ("kl_first_token", "kl_later_tokens")
+        )
+        # the testbed (section 4): its checks again, the one criterion's verdicts and settings
+        + _TESTBED_KEYS
+        + tuple(
+            f"{k}_{m}_testbed"
+            for m in ("salora", "salora_no_task_init")
+            for k in ("verdict", "p_harm_lower")
+        )
+        + tuple(
+            f"criterion_one_{f}" for f in ("min_lora_harmful", "max_ratio", "alpha", "tolerance")
         ),
         per_seed=_seed_templates(("lora", "salora"), ("benign_instruct",)),
+        per_verdict_seed=_seed_templates(("lora", "salora", "salora_no_task_init"), _TESTBED),
         checks=(
+            Check(
+                "a testbed verdict is one of the four outcomes",
+                lambda m, a: all(
+                    m[f"verdict_{x}_testbed"] in (1, 0, -1, -2)
+                    for x in ("salora", "salora_no_task_init")
+                ),
+            ),
             Check(
                 "the safety-subspace output is invariant",
                 lambda m, a: m["invariance_max_abs_err"] <= 1e-4,

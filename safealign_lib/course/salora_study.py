@@ -22,6 +22,7 @@ from safealign_lib import data, pool
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, train
 from safealign_lib.adapters.naming import block_and_module
 from safealign_lib.config import LoraSettings, TrainSettings
+from safealign_lib.course import cache, conditions, testbed
 from safealign_lib.course.conditions import (
     INSTRUCT_CONDITIONS,
     benign_answer_rate,
@@ -972,3 +973,96 @@ def headline(runs: pd.DataFrame, condition: str = "harmful10") -> None:
         f"{condition}, SaLoRA − LoRA refusal rate: {gain['mean']:+.3f} (standard error "
         f"{gain.se:.3f}, {int(gain.n)} seeds) -> {verdict}"
     )
+
+
+# --- SaLoRA on the testbed (section 4b): the one criterion, every verdict seed -------------------
+
+# SaLoRA as its paper builds it, and without the task-specific initialisation (peft's A random,
+# B = 0): the ablation that tells whether the initialisation or the projector drives the result
+TESTBED_VARIANTS = {"SaLoRA": "task", "SaLoRA, no task init": "standard"}
+TESTBED_KEYS = {"LoRA": "lora", "SaLoRA": "salora", "SaLoRA, no task init": "salora_no_task_init"}
+
+
+def _tensor_digest(tensors: Sequence[torch.Tensor]) -> str:
+    """A digest of tensors' values (a cache key for features and safety modules)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def testbed_runs(
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    evaluator: Evaluator,
+    safety: SafetyModule,
+    task_feats: Mapping[str, LayerFeatures],
+    r_t: int,
+    seeds: Sequence[int] | None = None,
+    split: str = "test",
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """SaLoRA (:data:`TESTBED_VARIANTS`) on every testbed condition and verdict seed, trained
+    with the testbed's recipe on the same examples and seeds as its LoRA adapters, evaluated on
+    ``split`` (:func:`~safealign_lib.course.testbed.evaluate`). One row per (condition, seed,
+    method) with ``train_s``. Cached under ``build/`` by a key of the LoRA adapters' keys, the
+    safety module, the task features, the settings and the code."""
+    seeds = profile.verdict_seeds if seeds is None else seeds
+    units = [(c, s, m) for c in testbed.TESTBED_CONDITIONS for s in seeds for m in TESTBED_VARIANTS]
+    spec = {
+        "adapters": [conditions.adapter_key(c, s, profile) for c, s, _ in units],
+        "units": units,
+        "split": split,
+        "safety": [safety.r_s, _tensor_digest([v.U for v in safety.layers.values()])],
+        "task": _tensor_digest([f.x for f in task_feats.values() if f.x is not None]),
+        "r_t": r_t,
+        "eval": [profile.n_eval, profile.n_task_eval, evaluator.judge, evaluator.max_new_tokens],
+        "code": cache.source_digest(salora, testbed, conditions),
+    }
+
+    def compute() -> tuple[pd.DataFrame]:
+        jobs = [(profile, tokenizer, evaluator, safety, task_feats, r_t, *u, split) for u in units]
+        n = pool.default_workers(profile.device) if workers is None else workers
+        rows = pool.map_jobs(_testbed_job, jobs, n)
+        return (pd.DataFrame(rows),)
+
+    folder = cache.folder_for(profile.name, "testbed_salora", spec)
+    return cache.cached_tables(folder, ("runs",), compute)[0]
+
+
+def _testbed_job(
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    evaluator: Evaluator,
+    safety: SafetyModule,
+    task_feats: Mapping[str, LayerFeatures],
+    r_t: int,
+    condition: str,
+    seed: int,
+    method: str,
+    split: str,
+) -> dict[str, float]:
+    """One SaLoRA fine-tune of :func:`testbed_runs` and its evaluation (a :mod:`pool` job)."""
+    model, res = salora.train_salora(
+        load_model(profile.chat_model, dtype=profile.dtype, device=profile.device),
+        tokenizer,
+        conditions.lora_settings(condition, profile),
+        safety,
+        training_examples(condition, profile, seed),
+        train_settings(condition, profile, seed),
+        seed=seed,
+        task_feats=task_feats,
+        r_t=r_t,
+        init=TESTBED_VARIANTS[method],
+        desc=f"{method} {condition} seed {seed}",
+    )
+    summary, _ = testbed.evaluate(evaluator, model, profile, split)
+    return {
+        "condition": condition,
+        "seed": seed,
+        "method": method,
+        **summary,
+        "train_s": res.seconds,
+    }

@@ -135,6 +135,51 @@ def methods_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["method", "regime"]).round(3)
 
 
+TESTBED = ("skill", "skill_mixed")  # course/testbed.py: the conditions a repair can be seen on
+# method -> (notebook, metric-key name) of the testbed's verdicts (the one criterion)
+TESTBED_METHODS = {
+    "SaLoRA": ("03", "salora"),
+    "SaLoRA, no task init": ("03", "salora_no_task_init"),
+    "Safe LoRA": ("05", "safelora"),
+    "SPLoRA (exact k)": ("05", "splora"),
+    "SPLoRA (as released)": ("05", "splora_released"),
+}
+
+
+def testbed_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Each method on each testbed condition (notebooks 03 and 05, the one criterion): whether
+    the condition is a valid testbed, the chat model's and LoRA's utility, LoRA's and the
+    method's harmful rate (mean ± sd), random modules' (selections), k and the verdict."""
+    rows = []
+    for method, (nb, slug) in TESTBED_METHODS.items():
+        for c in TESTBED:
+            if f"harmful_rate_{slug}_{c}" not in metrics.get(nb, {}):
+                continue
+            k = _get(metrics, nb, f"k_testbed_{slug}")
+            rows.append(
+                {
+                    "method": method,
+                    "condition": c,
+                    "valid testbed": {1.0: "yes", 0.0: "no"}.get(
+                        _get(metrics, nb, f"testbed_{c}"), "—"
+                    ),
+                    "chat utility": _get(metrics, nb, f"utility_chat_{c}"),
+                    "LoRA harmful rate": _mean_sd(metrics, nb, f"harmful_rate_lora_{c}"),
+                    "method harmful rate": _mean_sd(metrics, nb, f"harmful_rate_{slug}_{c}"),
+                    "random-k harmful rate": _mean_sd(
+                        metrics, nb, f"harmful_rate_randomk_{slug}_{c}"
+                    ),
+                    "LoRA utility": _get(metrics, nb, f"utility_lora_{c}"),
+                    "method utility": _get(metrics, nb, f"utility_{slug}_{c}"),
+                    "k": "—" if math.isnan(k) else str(int(k)),
+                    "verdict": _verdict(metrics, nb, f"{slug}_testbed"),
+                }
+            )
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).set_index(["method", "condition"]).round(3)
+
+
 def verdict_keys(metrics: Mapping[str, Mapping[str, float]]) -> list[tuple[str, str]]:
     """(notebook, key) of every recorded verdict: the papers' regimes (``verdict_<m>``) and the
     testbed's (``verdict_<m>_testbed``, the one criterion's codes)."""
@@ -439,6 +484,24 @@ def readme_block(metrics: Mapping[str, Mapping[str, float]], source: str) -> str
         "SPLoRA as released prunes all but k − 1). Verdicts: the pre-declared tests of notebooks "
         "03 and 05.",
     ]
+    tb = testbed_table(metrics)
+    if not tb.empty:
+        lines += [
+            "",
+            "On the testbed (a fine-tune that teaches the chat model new steps; "
+            "`preregistration.md`), judged by the one criterion:",
+            "",
+            "| method | condition (valid testbed?) | k | harmful rate: LoRA → method | random "
+            "modules | utility: chat / LoRA → method | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (method, c), r in tb.iterrows():
+            lines.append(
+                f"| {method} | {c} ({r['valid testbed']}) | {r['k']} | "
+                f"{r['LoRA harmful rate']} → {r['method harmful rate']} | "
+                f"{r['random-k harmful rate']} | {r['chat utility']:.3f} / "
+                f"{r['LoRA utility']:.3f} → {r['method utility']:.3f} | {r['verdict']} |"
+            )
     return "\n".join([*lines, "", END])
 
 

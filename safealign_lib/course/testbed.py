@@ -114,6 +114,12 @@ class Checks:
 CHECKS = Checks()
 
 
+def checks_for(profile: Profile) -> Checks:
+    """The checks a profile measures: the pre-registered ones; the smoke profile (every code
+    path, no estimate) draws one random module set per m instead of four."""
+    return replace(CHECKS, draws=1) if profile.name == "smoke" else CHECKS
+
+
 def training_examples(condition: str, profile: Profile, seed: int, recipe: Recipe) -> list:
     """The fine-tuning set of a testbed condition: ``recipe.n_train`` skill examples (seeded
     subsample) plus the condition's harmful examples, in a seeded order."""
@@ -351,7 +357,10 @@ def checks_table(
     and whether it passed (``results``: condition -> :func:`check`'s output)."""
     rows = []
     for name, (what, key, rule) in _CHECK_ROWS.items():
-        row = {"check": what, "threshold": rule.format(**checks.as_dict())}
+        row = {
+            "check": what.format(**checks.as_dict()),
+            "threshold": rule.format(**checks.as_dict()),
+        }
         for c, res in results.items():
             row[c] = f"{res[key]:.3f} {'ok' if res[f'check_{name}'] else 'FAILS'}"
         rows.append(row)
@@ -378,3 +387,38 @@ class SplitEvaluator:
             raise ValueError(f"{condition!r} is not a testbed condition {TESTBED_CONDITIONS}.")
         summary, table = evaluate(self.evaluator, model, self.profile, self.split)
         return EvalResult(summary, table, pd.DataFrame())
+
+
+def verdict_metrics(
+    table: pd.DataFrame,
+    judged: pd.DataFrame,
+    key: Mapping[str, str],
+    tag: str = "testbed",
+    randomk: pd.DataFrame | None = None,
+) -> dict[str, float]:
+    """The metric keys of one criterion's verdicts (``judged``:
+    :func:`~safealign_lib.evaluation.criterion.judge_table`) on a results table (one row per
+    method, condition and seed), method names spelled by ``key``: per judged method ``m``
+    ``verdict_<m>_<tag>`` (its code), ``p_harm_lower_<m>_<tag>`` and, for a selection,
+    ``k_<tag>_<m>``; per method and condition ``c`` the means (``harmful_rate_<m>_<c>`` with
+    ``_sd``, ``utility_<m>_<c>``, ``benign_answer_rate_<m>_<c>``), random modules' means
+    (``..._randomk_<m>_<c>``) and the per-seed values behind the verdicts
+    (``<quantity>_<m>_<c>_seed<s>``)."""
+    qs = ["harmful_rate", "utility", "benign_answer_rate"]
+    out: dict[str, float] = {}
+    for m, row in judged.iterrows():
+        out[f"verdict_{key[m]}_{tag}"] = float(row.code)
+        out[f"p_harm_lower_{key[m]}_{tag}"] = float(row.p_harm_lower)
+        if "k" in row:
+            out[f"k_{tag}_{key[m]}"] = float(row.k)
+    for (m, c), g in table.groupby(["method", "condition"], sort=False):
+        out |= {f"{q}_{key[m]}_{c}": float(g[q].mean()) for q in qs}
+        out[f"harmful_rate_{key[m]}_{c}_sd"] = float(g.harmful_rate.std())
+        for r in g.itertuples():
+            out |= {f"{q}_{key[m]}_{c}_seed{r.seed}": float(getattr(r, q)) for q in qs}
+    for (m, c), g in (randomk if randomk is not None else table.iloc[:0]).groupby(
+        ["method", "condition"], sort=False
+    ):
+        name = key[m.removeprefix("random ")]
+        out |= {f"{q}_randomk_{name}_{c}": float(g[q].mean()) for q in qs[:2]}
+    return out

@@ -34,8 +34,8 @@ from safealign_lib import pool
 from safealign_lib.adapters.finetune import load_adapter
 from safealign_lib.adapters.lora_io import PathLike
 from safealign_lib.adapters.naming import block_and_module
-from safealign_lib.evaluation.criterion import Arm
 from safealign_lib.evaluation.criterion import Criterion as OneCriterion
+from safealign_lib.evaluation.criterion import judge_table
 from safealign_lib.evaluation.reliability import risk_coverage
 from safealign_lib.evaluation.tables import PairedTest, paired_decrease, paired_differences
 from safealign_lib.methods.safelora import LayerProjection, compute_projections, select_modules
@@ -488,15 +488,6 @@ class Criterion:
         return pd.DataFrame(rows).set_index("method")
 
 
-def arm(table: pd.DataFrame, method: str) -> Arm:
-    """``method``'s rows of a test table (:func:`evaluate_chosen`, :func:`random_k`) as an
-    :class:`~safealign_lib.evaluation.criterion.Arm`, units in (condition, seed) order."""
-    rows = table[table.method == method].sort_values(["condition", "seed"])
-    if rows.empty:
-        raise ValueError(f"No rows of method {method!r}; methods: {sorted(table.method.unique())}.")
-    return Arm(list(rows.harmful_rate), list(rows.utility), list(rows.benign_answer_rate))
-
-
 def judge_selections(
     test: pd.DataFrame,
     randomk: pd.DataFrame,
@@ -506,64 +497,10 @@ def judge_selections(
     valid: Mapping[str, bool],
 ) -> pd.DataFrame:
     """Each selection's verdict under the course's one criterion
-    (:class:`~safealign_lib.evaluation.criterion.Criterion`): paired with LoRA over the
-    (condition, seed) units of the conditions that are valid testbeds (``valid``), against
-    random modules at the same k, and *not shown* where the chosen k is 0. With no valid
-    condition the verdict is void. One row per method: k, verdict, its code and reason, and
-    the evidence."""
-    ok = [c for c, v in valid.items() if v]
-    keep = ok or list(valid)
-    test, randomk = test[test.condition.isin(keep)], randomk[randomk.condition.isin(keep)]
-    rows = []
-    for m in methods:
-        j = criterion.judge(
-            arm(test, "LoRA"),
-            arm(test, m),
-            randomk=arm(randomk, f"random {m}"),
-            acted=k_best[m] > 0,
-            valid_testbed=bool(ok),
-        )
-        rows.append(
-            {
-                "method": m,
-                "k": k_best[m],
-                "verdict": j.verdict,
-                "code": j.code,
-                "reason": j.reason,
-                **j.evidence,
-            }
-        )
-    return pd.DataFrame(rows).set_index("method")
-
-
-def judged_metrics(
-    test: pd.DataFrame,
-    randomk: pd.DataFrame,
-    judged: pd.DataFrame,
-    key: Mapping[str, str],
-    tag: str,
-) -> dict[str, float]:
-    """The metric keys of :func:`judge_selections`' verdicts, every name ending in ``_<tag>``
-    where it could clash with another regime's key: per method ``m`` ``verdict_<m>_<tag>`` (its
-    code), ``k_<tag>_<m>`` and the p-value of its harm reduction; per method and condition ``c``
-    the means (``harmful_rate_<m>_<c>`` with ``_sd``, ``utility_<m>_<c>``,
-    ``benign_answer_rate_<m>_<c>``), random modules' (``..._randomk_<m>_<c>``) and the per-seed
-    values behind the verdicts (``<quantity>_<m>_<c>_seed<s>``)."""
-    qs = ["harmful_rate", "utility", "benign_answer_rate"]
-    out: dict[str, float] = {}
-    for m, row in judged.iterrows():
-        out[f"verdict_{key[m]}_{tag}"] = float(row.code)
-        out[f"k_{tag}_{key[m]}"] = float(row.k)
-        out[f"p_harm_lower_{key[m]}_{tag}"] = float(row.p_harm_lower)
-    for (m, c), g in test.groupby(["method", "condition"], sort=False):
-        out |= {f"{q}_{key[m]}_{c}": float(g[q].mean()) for q in qs}
-        out[f"harmful_rate_{key[m]}_{c}_sd"] = float(g.harmful_rate.std())
-        for r in g.itertuples():
-            out |= {f"{q}_{key[m]}_{c}_seed{r.seed}": float(getattr(r, q)) for q in qs}
-    for (m, c), g in randomk.groupby(["method", "condition"], sort=False):
-        name = key[m.removeprefix("random ")]
-        out |= {f"{q}_randomk_{name}_{c}": float(g[q].mean()) for q in qs[:2]}
-    return out
+    (:func:`~safealign_lib.evaluation.criterion.judge_table`): paired with LoRA over the
+    (condition, seed) units of the valid testbed conditions, against random modules at the same
+    k, and *not shown* where the chosen k is 0."""
+    return judge_table(test, methods, criterion, valid, randomk=randomk, k=k_best)
 
 
 def regime_metrics(
