@@ -120,7 +120,15 @@ def test_final_losses_and_paper_table():
     lora, sal = TrainResult(seconds=2.0, n_trainable=10), TrainResult(seconds=3.0, n_trainable=10)
     table = salora_study.paper_table(mean, {"refusal_rate": 1.0}, (lora, sal), module, 1.5, 2e-7)
     got = dict(zip(table.quantity, table["miniature (organism)"], strict=True))
-    assert got["harmful rate: chat → LoRA → SaLoRA"] == "0% → 90% → 70% (harmful10)"
+    # the keyword judge's non-refusal rate is labelled as such, never as the harmful rate
+    assert got["keyword non-refusal rate: chat → LoRA → SaLoRA"] == "0% → 90% → 70% (harmful10)"
+    assert got["harmful rate: chat → LoRA → SaLoRA"] == "no exact judge on this profile"
+    runs = _runs().assign(harmful_rate=lambda r: 1 - r.refusal_rate)
+    _, mean = salora_study.results_table(runs, SCORES)
+    exact = {"refusal_rate": 1.0, "harmful_rate": 0.0}
+    table = salora_study.paper_table(mean, exact, (lora, sal), module, 1.5, 2e-7)
+    got = dict(zip(table.quantity, table["miniature (organism)"], strict=True))
+    assert got["harmful rate: chat → LoRA → SaLoRA"] == "exact judge: 0% → 90% → 70% (harmful10)"
     assert got["training time SaLoRA / LoRA"] == "1.50 (+1.5 s preprocessing)"
     assert got["r_s / layer width"] == "4 / 32 (12%)"
 

@@ -34,7 +34,7 @@ from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter,
 from safealign_lib.config import LoraSettings, TrainSettings, build_dir
 from safealign_lib.course import cache, testbed
 from safealign_lib.course.profiles import Profile, load_split
-from safealign_lib.evaluation import editability, judges
+from safealign_lib.evaluation import editability, judges, prefill
 from safealign_lib.evaluation import skill as skill_scoring
 from safealign_lib.evaluation.evaluator import EvalResult, Evaluator
 from safealign_lib.models import generation
@@ -513,3 +513,77 @@ def testbed_run(
     fixed = testbed.fixed_answer_utility(testbed.skill_set(profile, split))
     results = testbed.check_all(runs, removal, chat_scores, fixed)
     return TestbedRun(runs, removal, chat_scores, fixed, results)
+
+
+PREFILL_NS = (0, 1, 2, 4, 8)  # forced tokens of the base model's answer (the prefilling test)
+
+
+def run_prefill(
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    conditions: Sequence[str],
+    seeds: Sequence[int] | None = None,
+    ns: Sequence[int] = PREFILL_NS,
+    split: str = "test",
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """The prefilling test (:mod:`safealign_lib.evaluation.prefill`) on the chat model and on
+    every (condition, seed) adapter: the exact judge's harmful rate on the harmful prompts with
+    the first n tokens of the base model's own answer forced. One row per model and n
+    (``condition`` "chat" for the chat model, with seed -1). Cached like :func:`run_testbed`."""
+    if profile.network:
+        raise ValueError("The prefilling test reads the organism's base model and exact judge.")
+    seeds = profile.seeds if seeds is None else seeds
+    units = [("chat", -1)] + [(c, s) for c in conditions for s in seeds]
+    spec = {
+        "adapters": [None if c == "chat" else _key(c, s, profile) for c, s in units],
+        "base": fingerprint(profile.base_model),
+        "ns": list(ns),
+        "split": split,
+        "n_eval": profile.n_eval,
+        "code": cache.source_digest(prefill, generation),
+    }
+
+    def compute() -> tuple[pd.DataFrame]:
+        base = load_model(profile.base_model, dtype=profile.dtype, device=profile.device)
+        prompts = testbed.harmful_set(profile, split)
+        prefixes = prefill.base_prefixes(base, tokenizer, prompts, max(ns))
+        jobs = [(profile, tokenizer, c, s, prompts, prefixes, tuple(ns)) for c, s in units]
+        n = pool.default_workers(profile.device) if workers is None else workers
+        rows = [r for rs in pool.map_jobs(_prefill_job, jobs, n) for r in rs]
+        return (pd.DataFrame(rows),)
+
+    folder = cache.folder_for(profile.name, "prefill", spec)
+    return cache.cached_tables(folder, ("runs",), compute)[0]
+
+
+def _prefill_job(
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    condition: str,
+    seed: int,
+    prompts: Sequence[ChatExample],
+    prefixes: Sequence[Sequence[int]],
+    ns: Sequence[int],
+) -> list[dict]:
+    """One model of :func:`run_prefill` (a :mod:`pool` job)."""
+    if condition == "chat":
+        model = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
+    else:
+        model = load_condition_model(condition, seed, profile, tokenizer)
+    rates = prefill.prefill_harmful_rates(model, tokenizer, prompts, prefixes, ns)
+    return [
+        {"condition": condition, "seed": seed, "n": n, "harmful_rate": r} for n, r in rates.items()
+    ]
+
+
+def prefill_metrics(runs: pd.DataFrame) -> dict[str, float]:
+    """``harmful_rate_prefill<n>_chat`` and, per condition, ``harmful_rate_prefill<n>_lora_<c>``
+    (mean over seeds) with ``_sd``."""
+    out = {}
+    for (c, n), g in runs.groupby(["condition", "n"], sort=False):
+        name = "chat" if c == "chat" else f"lora_{c}"
+        out[f"harmful_rate_prefill{n}_{name}"] = float(g.harmful_rate.mean())
+        if c != "chat":
+            out[f"harmful_rate_prefill{n}_{name}_sd"] = float(g.harmful_rate.std())
+    return out

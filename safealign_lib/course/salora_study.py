@@ -552,7 +552,8 @@ def results_table(
     """The 'mean ± sd' table per condition and method (plus the chat model's ``reference``
     row) and the table of means; prints the SaLoRA − LoRA differences paired by seed."""
     table = seed_table(runs, BY, METRICS, reference={"chat (before)": reference})
-    mean = seed_stats(runs, BY, METRICS).xs("mean", axis=1, level=1)
+    judged = METRICS + [c for c in ("harmful_rate",) if c in runs]  # the exact judge's, if any
+    mean = seed_stats(runs, BY, judged).xs("mean", axis=1, level=1)
     diffs = paired_differences(runs, "method", "SaLoRA", "LoRA", METRICS)
     for c, sub in diffs.groupby("condition", sort=False):
         print(
@@ -718,8 +719,8 @@ def why_reading(table: pd.DataFrame, depth: pd.DataFrame, min_harmful: float = 0
         f"{util('LoRA, reference regime'):.3f}, SaLoRA {util('SaLoRA, reference regime'):.3f} "
         f"(one seed; the course's LoRA: {util('LoRA'):.3f}) — "
         + (
-            f"LoRA itself stays below {min_harmful} there, so that regime erodes too little "
-            "safety to test a protection."
+            f"LoRA itself stays below {min_harmful} there, so that regime cannot test a "
+            "protection (read its utility too: a low utility means a broken model, not a safe one)."
             if ref_lora < min_harmful
             else "LoRA erodes safety there too, so the regime can test a protection."
         )
@@ -908,13 +909,24 @@ def paper_table(
     m = mean.loc[condition]
     d_out = next(iter(safety.layers.values())).U.shape[0]
 
-    def nr(v: float) -> str:  # non-refusal rate, the miniature's analogue of the harmful rate
+    def nr(v: float) -> str:  # the keyword judge's non-refusal rate
         return f"{1 - v:.0%}"
 
     rows = [
         [
             "harmful rate: chat → LoRA → SaLoRA",
             "0% → 23.7% → 3.5%",
+            (
+                f"exact judge: {chat_before['harmful_rate']:.0%} → "
+                f"{m.loc['LoRA', 'harmful_rate']:.0%} → {m.loc['SaLoRA', 'harmful_rate']:.0%} "
+                f"({condition})"
+                if "harmful_rate" in m.columns and "harmful_rate" in chat_before
+                else "no exact judge on this profile"
+            ),
+        ],
+        [
+            "keyword non-refusal rate: chat → LoRA → SaLoRA",
+            "—",
             f"{nr(chat_before['refusal_rate'])} → {nr(m.loc['LoRA', 'refusal_rate'])} → "
             f"{nr(m.loc['SaLoRA', 'refusal_rate'])} ({condition})",
         ],
