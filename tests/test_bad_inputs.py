@@ -376,3 +376,17 @@ def test_projected_or_pruned_adapter_never_replaces_its_input(tmp_path, lora_lm)
     with pytest.raises(ValueError, match="replace the trained adapter"):
         safelora.project_adapter_dir(tmp_path / "ad", {}, [], tmp_path / "ad" / ".")
     assert (tmp_path / "ad" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_messages_that_used_to_mislead(tmp_path, capsys):
+    """Issue 24's cases: a string metric names its file, --rerun without --update is refused, a
+    scalar ``seeds`` says how to pass a list."""
+    bad = tmp_path / "m.json"
+    bad.write_text(json.dumps({"04": {"ediem_empirical_spread": "high"}}))
+    with pytest.raises(TypeError, match=r"m\.json: metric 'ediem_empirical_spread' of notebook 04"):
+        metrics_io.load(bad)
+    args = ["course", "regress", "--baseline", str(tmp_path / "b.json"), "--metrics", str(bad)]
+    assert cli.main([*args, "--rerun", str(bad)]) == 2
+    assert "--rerun" in capsys.readouterr().err
+    with pytest.raises(TypeError, match=r"list of integers such as \[0, 1, 2\], got 5"):
+        setup.notebook_setup("smoke", seeds=5)

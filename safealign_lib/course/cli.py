@@ -100,6 +100,11 @@ def _course_run(args: argparse.Namespace) -> int:
 
 
 def _course_regress(args: argparse.Namespace) -> int:
+    if args.rerun and not args.update:
+        raise ValueError(
+            "--rerun gives the rerun spread of a new baseline: it needs --update (a comparison "
+            "reads only --metrics)."
+        )
     return regress.run(
         args.baseline,
         args.metrics or [],

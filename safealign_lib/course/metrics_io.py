@@ -60,8 +60,15 @@ def load(
                 "the path."
             )
         return {}
-    data = _load_all(p)
-    return {k: v for k, v in data.items() if not k.startswith(RESERVED_PREFIX)}
+    data = {k: v for k, v in _load_all(p).items() if not k.startswith(RESERVED_PREFIX)}
+    for nb, values in data.items():
+        for k, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise TypeError(
+                    f"{p}: metric {k!r} of notebook {nb} is {v!r}, not a number; the notebooks "
+                    "write numbers only: rerun that notebook, or fix the file."
+                )
+    return data
 
 
 def _load_all(p: Path) -> dict[str, dict]:

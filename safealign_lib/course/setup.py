@@ -116,6 +116,11 @@ def notebook_setup(
     timer = Timer()
     check_injected_parameters(_kernel_history())
     for name, value in (("seeds", seeds),):
+        if value is not None and (isinstance(value, str | bytes) or not hasattr(value, "__len__")):
+            raise TypeError(
+                f"{name} must be a list of integers such as [0, 1, 2], got {value!r} "
+                f"(papermill: -y '{name}: [0, 1, 2]' or -p {name} '[0, 1, 2]' with YAML)."
+            )
         if value is not None and len(value) == 0:
             raise ValueError(
                 f"{name} is empty; give at least one value, or None for the profile's."
