@@ -390,3 +390,16 @@ def test_messages_that_used_to_mislead(tmp_path, capsys):
     assert "--rerun" in capsys.readouterr().err
     with pytest.raises(TypeError, match=r"list of integers such as \[0, 1, 2\], got 5"):
         setup.notebook_setup("smoke", seeds=5)
+
+
+def test_an_adapter_config_that_drops_modules_is_refused(lora_lm, tmp_path):
+    model, _ = lora_lm
+    out = finetune.save_adapter(model, tmp_path / "a")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    cfg["target_modules"] = ["q_proj"]  # the weights hold v_proj too
+    (out / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"also hold 2 other module\(s\), e\.g\. 'model\.layers"):
+        lora_io.check_adapter_dir(out)
+    cfg["target_modules"] = ["q_proj", "v_proj"]
+    (out / "adapter_config.json").write_text(json.dumps(cfg))
+    lora_io.check_adapter_dir(out)  # every module listed: fine

@@ -120,13 +120,33 @@ def check_adapter_dir(adapter_dir: PathLike) -> tuple[Path, Path]:
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_file} holds a {type(config).__name__}, not a peft config object.")
     try:
-        with safe_open(str(w_file), framework="pt"):
-            pass
+        with safe_open(str(w_file), framework="pt") as f:
+            keys = list(f.keys())
     except Exception as err:  # safetensors raises its own error types
         raise ValueError(
             f"{w_file} is not a readable safetensors file ({err}); save the adapter again."
         ) from err
+    _check_targets(config.get("target_modules"), keys, cfg_file)
     return cfg_file, w_file
+
+
+def _check_targets(targets: object, keys: list[str], cfg_file: Path) -> None:
+    """Every module the weights hold must be one of the config's ``target_modules`` (peft's
+    rule: the name, or a suffix of it after a dot): peft skips the others without a word, and
+    the loaded model then matches neither the adapter nor the base model."""
+    if not isinstance(targets, list | tuple | set):
+        return  # a regex (str) or none: peft's own matching, nothing to compare here
+    modules = {m.group("module") for k in keys if (m := LORA_KEY.match(k))}
+    names = {m.removeprefix(PEFT_PREFIX) for m in modules}
+    missed = sorted(
+        n for n in names if not any(n == t or n.endswith("." + str(t)) for t in targets)
+    )
+    if missed:
+        raise ValueError(
+            f"{cfg_file} lists target_modules {sorted(map(str, targets))}, but the weights also "
+            f"hold {len(missed)} other module(s), e.g. {missed[0]!r}: peft would load without "
+            "them. Add them to target_modules, or save the adapter again."
+        )
 
 
 def read_adapter(adapter_dir: PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
