@@ -176,6 +176,16 @@ def _pickled(fn: Callable, job: tuple) -> bytes | None:
         return None
 
 
+def _what_cannot_travel(fn: Callable, job: tuple) -> str:
+    """Which part of ``(fn, job)`` fails to pickle, in words."""
+    if _pickled(fn, ()) is None:
+        return "the function (a lambda or a local function?)"
+    for i, arg in enumerate(job):
+        if _pickled(len, (arg,)) is None:
+            return f"argument {i} ({type(arg).__name__})"
+    return "the job"
+
+
 def map_jobs(
     fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]], workers: int | None = None
 ) -> list[T]:
@@ -191,9 +201,9 @@ def map_jobs(
     blobs = {0: _pickled(fn, jobs[0])}  # the check's bytes are job 0's message (workers take it)
     if blobs[0] is None:
         warnings.warn(
-            f"{getattr(fn, '__name__', fn)}: the job cannot be sent to another process (a "
-            "lambda or a local function?); running the jobs one by one here. Use module-level "
-            "functions, or pass workers=1 to say so.",
+            f"{getattr(fn, '__name__', fn)}: {_what_cannot_travel(fn, jobs[0])} cannot be sent "
+            "to another process; running the jobs one by one here. Use module-level functions "
+            "and picklable arguments, or pass workers=1 to say so.",
             stacklevel=2,
         )
         return [_run_here(fn, job) for job in jobs]

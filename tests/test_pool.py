@@ -43,6 +43,15 @@ def test_a_failing_job_raises_in_the_caller():
         pool.map_jobs(_fail, [(i,) for i in range(4)], workers=2)
 
 
+def test_a_job_that_cannot_travel_names_what_cannot():
+    # without starting a process: the warning names the part that does not pickle
+    with pytest.warns(UserWarning, match=r"argument 0 \(generator\) cannot be sent"):
+        out = pool.map_jobs(_fail, [((x for x in ()),), ((x for x in ()),)], workers=2)
+    assert len(out) == 2
+    with pytest.warns(UserWarning, match="the function .a lambda"):
+        assert pool.map_jobs(lambda x: x, [(1,), (2,)], workers=2) == [1, 2]
+
+
 def test_jobs_run_here_leave_the_random_state_alone():
     random.seed(1)
     np.random.seed(1)  # noqa: NPY002
