@@ -403,3 +403,15 @@ def test_an_adapter_config_that_drops_modules_is_refused(lora_lm, tmp_path):
     cfg["target_modules"] = ["q_proj", "v_proj"]
     (out / "adapter_config.json").write_text(json.dumps(cfg))
     lora_io.check_adapter_dir(out)  # every module listed: fine
+
+
+def test_course_takes_notebook_parameters_like_course_run(monkeypatch):
+    seen = {}
+
+    def fake_run(profile, only, **kw):
+        seen.update(profile=profile, only=only, **kw)
+        return []
+
+    monkeypatch.setattr(runner, "run_course", fake_run)
+    assert cli.main(["course", "--only", "04", "-p", "k_grid", "[100]"]) == 0
+    assert seen["only"] == ["04"] and seen["extra"] == {"k_grid": [100]}

@@ -81,8 +81,9 @@ def _run_and_report(profile: str, only: list[str] | None, **kw: object) -> int:
 
 def _course(args: argparse.Namespace) -> int:
     metrics_file = Path(args.metrics_file) if args.metrics_file else None
+    params = runner.parse_params(args.param, args.params)
     return _run_and_report(
-        args.profile, args.only, metrics_file=metrics_file, timeout_s=args.timeout
+        args.profile, args.only, metrics_file=metrics_file, timeout_s=args.timeout, extra=params
     )
 
 
@@ -199,6 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--only", nargs="*", help="notebook numbers, e.g. 00 01")
     c.add_argument("--metrics-file", default=None)
     c.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    # the notebook parameters work here too (`safealign course --only 04 -p k_grid "[4]"`)
+    param_help = 'a notebook parameter, VALUE read as YAML: -p seeds "[0, 1]" (repeatable)'
+    c.add_argument(
+        "-p",
+        dest="param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help=param_help,
+    )
+    c.add_argument("--params", action="append", default=[], help="a YAML file of parameters")
     c.set_defaults(fn=_course)
     course_sub = c.add_subparsers(dest="course_cmd", metavar="{run,regress,exercises,site}")
     ce = course_sub.add_parser(
@@ -227,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help='a notebook parameter, VALUE read as YAML: -p seeds "[0, 1]" (repeatable)',
+        help=param_help,
     )
     cr.add_argument("--params", action="append", default=[], help="a YAML file of parameters")
     cr.add_argument("--output", default=None, help="executed/ and metrics.json (default build/)")
