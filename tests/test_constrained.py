@@ -63,7 +63,8 @@ def test_target_logprobs_give_the_answer_loss(tiny_lm):
     ]
     batch = collate([tokenize_example(tok, e, 64) for e in exs], padding_id(tok))
     logp, positions = constrained.target_logprobs(model, batch)
-    assert float(-logp.mean()) == pytest.approx(float(finetune.answer_loss(model, batch)), 1e-5)
+    loss = finetune.answer_loss(model, batch).detach()
+    assert float(-logp.detach().mean()) == pytest.approx(float(loss), 1e-5)
     n_first = int((batch["labels"][:, 1:] != -100).sum(1)[0])
     assert positions[:n_first].tolist() == list(range(n_first))  # positions restart per answer
     assert int(positions[n_first]) == 0
