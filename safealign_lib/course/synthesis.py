@@ -489,7 +489,8 @@ def readme_block(metrics: Mapping[str, Mapping[str, float]], source: str) -> str
         lines += [
             "",
             "On the testbed (a fine-tune that teaches the chat model new steps; "
-            "`preregistration.md`), judged by the one criterion:",
+            "`preregistration.md`; seeds 0–4), judged by the one criterion over the (condition, "
+            "seed) pairs of the valid conditions (one verdict per method, shown on each row):",
             "",
             "| method | condition (valid testbed?) | k | harmful rate: LoRA → method | random "
             "modules | utility: chat / LoRA → method | verdict |",
