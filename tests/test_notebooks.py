@@ -27,11 +27,12 @@ def test_notebook_shape(path):
 def test_notebooks_stay_thin():
     # prose, parameters, calls and one-off plots: the logic lives in safealign_lib
     # budget: 650 for notebooks 00-05 (the architecture issue), + 30 for notebook 06, the
-    # papers'-regime sections of 03 and 05 and the exact judge's keys in 02 (calls only), + 100
+    # papers'-regime sections of 03 and 05 and the exact judge's keys in 02 (calls only), + 120
     # for the testbed (issue 22): its checks re-printed and the one criterion's verdicts in each
-    # notebook that judges a method (01, 03, 05, 06), with the guard that skips it on hub models
+    # notebook that judges a method (01, 03, 05, 06), with the guard that skips it on hub
+    # models, and 01's prefilling test with its figure (785 lines when this budget was set)
     total = sum(nbtools.code_lines(p) for p in NOTEBOOKS)
-    assert total <= 780, f"{total} code lines in the notebooks (budget 780)"
+    assert total <= 800, f"{total} code lines in the notebooks (budget 800)"
 
 
 def test_shape_check_catches_problems(tmp_path):

@@ -78,7 +78,7 @@ def test_update_ratios_and_removal_restore_the_adapter(lora_lm):
     assert len(ratios) == 4 and (ratios > 0).all()
     name = ratios.index[0]
     m = lora_modules(model)[name.removesuffix(".weight")]
-    b0 = m.lora_B["default"].weight.clone()
+    b0 = m.lora_B["default"].weight.detach().clone()
     w, lora_a = m.get_base_layer().weight.detach(), m.lora_A["default"].weight.detach()
     assert ratios[name] == pytest.approx(
         float((m.scaling["default"] * b0 @ lora_a).norm() / w.norm())
