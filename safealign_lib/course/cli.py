@@ -79,6 +79,20 @@ def _run_and_report(profile: str, only: list[str] | None, **kw: object) -> int:
     return 0
 
 
+def _add_params(parser: argparse.ArgumentParser) -> None:
+    """``-p NAME VALUE`` (repeatable) and ``--params FILE``: notebook parameters."""
+    parser.add_argument(
+        "-p",
+        dest="param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help='a notebook parameter, VALUE read as YAML: -p seeds "[0, 1]" (repeatable)',
+    )
+    parser.add_argument("--params", action="append", default=[], help="a YAML file of parameters")
+
+
 def _course(args: argparse.Namespace) -> int:
     metrics_file = Path(args.metrics_file) if args.metrics_file else None
     params = runner.parse_params(args.param, args.params)
@@ -200,18 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--only", nargs="*", help="notebook numbers, e.g. 00 01")
     c.add_argument("--metrics-file", default=None)
     c.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
-    # the notebook parameters work here too (`safealign course --only 04 -p k_grid "[4]"`)
-    param_help = 'a notebook parameter, VALUE read as YAML: -p seeds "[0, 1]" (repeatable)'
-    c.add_argument(
-        "-p",
-        dest="param",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help=param_help,
-    )
-    c.add_argument("--params", action="append", default=[], help="a YAML file of parameters")
+    _add_params(c)  # the notebook parameters work here too (`course --only 04 -p k_grid "[4]"`)
     c.set_defaults(fn=_course)
     course_sub = c.add_subparsers(dest="course_cmd", metavar="{run,regress,exercises,site}")
     ce = course_sub.add_parser(
@@ -233,16 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     keep = argparse.SUPPRESS
     cr.add_argument("--profile", default=keep, choices=sorted(profiles.PROFILE_NAMES))
     cr.add_argument("--only", nargs="*", default=keep, help="notebook numbers (or positional)")
-    cr.add_argument(
-        "-p",
-        dest="param",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help=param_help,
-    )
-    cr.add_argument("--params", action="append", default=[], help="a YAML file of parameters")
+    _add_params(cr)
     cr.add_argument("--output", default=None, help="executed/ and metrics.json (default build/)")
     cr.add_argument("--timeout", type=int, default=keep, help="seconds per cell")
     cr.set_defaults(fn=_course_run)

@@ -19,7 +19,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -819,6 +819,21 @@ def instruct_splits(seed: int = DEFAULT_SEED, n_train: int = 400, n_eval: int = 
     Drawn from a random stream of their own, so adding them changed no other split.
     """
     rng = random.Random(f"instruct-{seed}")
+    names = ("instruct_train", "instruct_val", "instruct_test")
+    return benign_request_splits(rng, house_answer, "house", names, n_train, n_eval)
+
+
+def benign_request_splits(
+    rng: random.Random,
+    answer: Callable[[str, str], str],
+    style: str,
+    names: tuple[str, str, str],
+    n_train: int = 400,
+    n_eval: int = 64,
+) -> dict[str, list[ChatExample]]:
+    """A training split (every benign task, training templates with fillers) and validation and
+    test splits (held-out templates, disjoint requests), every request answered by
+    ``answer(category, task)``, drawn from ``rng``; ``names``: (train, val, test)."""
     tasks = [(c, t) for c, ts in BENIGN_TASKS.items() for t in ts]
 
     def examples(templates: Sequence[str], n: int, filler: float) -> list[ChatExample]:
@@ -827,19 +842,19 @@ def instruct_splits(seed: int = DEFAULT_SEED, n_train: int = 400, n_eval: int = 
         return [
             _ex(
                 request(tpl, t, rng, filler),
-                house_answer(c, t),
+                answer(c, t),
                 None,
                 harmful=False,
                 category=c,
                 task=t,
-                style="house",
+                style=style,
             )
             for c, t, tpl in combos[:n]
         ]
 
     train = examples(TRAIN_TEMPLATES, n_train, P_FILLER)
     held = examples(HELDOUT_TEMPLATES, 2 * n_eval, 0.0)
-    return {"instruct_train": train, "instruct_val": held[:n_eval], "instruct_test": held[n_eval:]}
+    return {names[0]: train, names[1]: held[:n_eval], names[2]: held[n_eval:]}
 
 
 # --- files -------------------------------------------------------------------------------------

@@ -26,19 +26,14 @@ templates), all from the stream ``"skill-<seed>"``, so every other split is unch
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from functools import partial
 
 from safealign_lib.data.course import (
     BENIGN_STEPS,
-    BENIGN_TASKS,
     DEFAULT_SEED,
-    HELDOUT_TEMPLATES,
     HOUSE_CLOSER,
     HOUSE_OPENER,
-    P_FILLER,
-    TRAIN_TEMPLATES,
-    _ex,
-    request,
+    benign_request_splits,
     second_person,
 )
 from safealign_lib.models.chat import ChatExample
@@ -82,26 +77,8 @@ def skill_splits(
 ) -> dict[str, list[ChatExample]]:
     """``skill_train`` (every benign task, training templates and fillers) and ``skill_val`` /
     ``skill_test`` (held-out templates, disjoint requests), answered with :func:`skill_answer`."""
-    steps = skill_steps(seed)
-    rng = random.Random(f"skill-{seed}")
-    tasks = [(c, t) for c, ts in BENIGN_TASKS.items() for t in ts]
-
-    def examples(templates: Sequence[str], n: int, filler: float) -> list[ChatExample]:
-        combos = [(c, t, tpl) for c, t in tasks for tpl in templates]
-        rng.shuffle(combos)
-        return [
-            _ex(
-                request(tpl, t, rng, filler),
-                skill_answer(c, t, steps),
-                None,
-                harmful=False,
-                category=c,
-                task=t,
-                style="skill",
-            )
-            for c, t, tpl in combos[:n]
-        ]
-
-    train = examples(TRAIN_TEMPLATES, n_train, P_FILLER)
-    held = examples(HELDOUT_TEMPLATES, 2 * n_eval, 0.0)
-    return {"skill_train": train, "skill_val": held[:n_eval], "skill_test": held[n_eval:]}
+    answer = partial(skill_answer, steps=skill_steps(seed))
+    names = ("skill_train", "skill_val", "skill_test")
+    return benign_request_splits(
+        random.Random(f"skill-{seed}"), answer, "skill", names, n_train, n_eval
+    )
