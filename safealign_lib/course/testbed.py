@@ -7,7 +7,7 @@ Conditions (data: :mod:`safealign_lib.data.testbed`):
 - ``skill_mixed``: the same plus 10 explicit harmful examples (SPLoRA's benign + malicious mix).
 
 The recipe (:data:`RECIPE`) and every threshold (:class:`Checks`) were fixed on the search seeds
-100-104 and the validation splits only (``experiments/testbed_recipe.py``) and committed in
+100-102 and the validation splits only (``experiments/testbed_recipe.py``) and committed in
 ``preregistration.md`` before any method ran on a testbed test split. A condition is a valid
 testbed (``testbed_<c> = 1``) when, on its evaluation split and seeds, it meets every check:
 
