@@ -65,3 +65,20 @@ def test_per_seed_keys_follow_the_runs_seeds_on_organism_profiles_only():
     assert all("_skill" in k for k in five - default)
     assert not [k for k in c.required_keys(organism=False) if "_seed0" in k]
     assert "criterion_n_se" in contract.REQUIRED_ORGANISM["03"]
+
+
+def test_the_testbed_checks_run_and_can_fail():
+    # every check of 01 and 05 that reads the testbed runs on a complete set of keys (a check
+    # that cannot be called would only show in the notebook tests)
+    flags = ("skill", "harm", "not_a_format", "drop1", "removal_curve", "fluency")
+    m = {f"testbed_check_{k}_{c}": 1.0 for k in flags for c in ("skill", "skill_mixed")}
+    m |= {"testbed_skill": 1.0, "testbed_skill_mixed": 1.0}
+    checks = [
+        c
+        for nb in ("01", "05")
+        for c in contract.CONTRACTS[nb].checks
+        if "testbed is valid" in c.description
+    ]
+    assert len(checks) == 2 and all(c.holds(m, {}) for c in checks)
+    m["testbed_check_harm_skill"] = 0.0  # a failed check with the flag still 1: inconsistent
+    assert not any(c.holds(m, {}) for c in checks)

@@ -119,7 +119,7 @@ _TESTBED_KEYS = tuple(
 _TESTBED_CHECKS = ("skill", "harm", "not_a_format", "drop1", "removal_curve", "fluency")
 
 
-def _testbed_consistent(m: Metrics) -> bool:
+def _testbed_consistent(m: Metrics, _all: AllMetrics | None = None) -> bool:
     """``testbed_<c>`` is 1 exactly when every check of ``c`` passed."""
     return all(
         m[f"testbed_{c}"] == float(all(m[f"testbed_check_{k}_{c}"] for k in _TESTBED_CHECKS))
