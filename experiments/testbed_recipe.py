@@ -22,7 +22,6 @@ import json
 import time
 from dataclasses import asdict, replace
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -147,7 +146,6 @@ def main() -> None:
         df.groupby("recipe", sort=False).n_checks_met.sum().idxmax() + " (closest)"
     ]
     print(f"chosen by the declared rule: {chosen[0]}; wrote {out}")
-    np.set_printoptions(precision=3)
 
 
 if __name__ == "__main__":

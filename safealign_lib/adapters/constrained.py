@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from safealign_lib.models.chat import IGNORE_INDEX
+from safealign_lib.adapters.finetune import target_mask
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,7 @@ def target_logprobs(
     """``(log π(y_t), t)`` for every target token of the batch (labels other than -100), in
     row-major order: the model's log-probability of the token and its position in its answer."""
     labels = batch["labels"]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
-    if not keep.any():
-        raise ValueError("The batch has no target tokens; raise max_length or check the answers.")
+    keep = target_mask(labels)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, logits_to_keep=keep).logits
     if logits.dim() == 3:  # the model ignored the mask

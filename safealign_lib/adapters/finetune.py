@@ -135,6 +135,19 @@ def train(
     return result
 
 
+def target_mask(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose next token is a target (label other than -100): position t predicts
+    token t + 1. A batch without any is a clear error."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    if not keep.any():
+        raise ValueError(
+            "A training batch has no target tokens: every answer was cut off or masked. "
+            "Raise max_length in the training settings, or check the examples' answers."
+        )
+    return keep
+
+
 def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The batch's mean next-token loss over its targets (labels other than -100), with the
     output layer applied only where a position has a target.
@@ -147,13 +160,7 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     applied here.
     """
     labels = batch["labels"]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
-    if not keep.any():
-        raise ValueError(
-            "A training batch has no target tokens: every answer was cut off or masked. "
-            "Raise max_length in the training settings, or check the examples' answers."
-        )
+    keep = target_mask(labels)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, logits_to_keep=keep).logits
     if logits.dim() == 3:  # the model ignored the mask: all positions came back

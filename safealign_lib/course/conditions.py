@@ -495,7 +495,7 @@ class TestbedRun:
 
     def metrics(self) -> dict[str, float]:
         """The testbed's metric keys (:func:`testbed.metrics`)."""
-        return testbed.metrics(self.runs, self.removal, self.chat, self.fixed)
+        return testbed.metrics(self.runs, self.removal, self.chat, self.fixed, results=self.results)
 
 
 def testbed_run(

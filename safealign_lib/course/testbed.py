@@ -285,6 +285,7 @@ def metrics(
     chat: Mapping[str, float],
     fixed: float,
     checks: Checks = CHECKS,
+    results: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, float]:
     """The metric keys of the testbed checks, per condition ``c`` of ``runs`` (one row per
     (condition, seed), :func:`~safealign_lib.course.conditions.run_testbed`): ``testbed_<c>``
@@ -292,9 +293,11 @@ def metrics(
     ``utility_lora_<c>``, ``harmful_rate_lora_<c>`` (and ``_sd``), ``format_rate_<model>_<c>``,
     ``comply_form_rate_<c>``, ``drop1_utility_cost_<c>``, ``removal_utility_m<m>_<c>``,
     ``dw_rel_median_<c>``, ``dw_rel_max_<c>``, ``well_formed_rate_<model>_<c>`` and the per-seed
-    values behind later verdicts (``<quantity>_lora_<c>_seed<s>``)."""
+    values behind later verdicts (``<quantity>_lora_<c>_seed<s>``). ``results``: :func:`check_all`'s
+    output when already computed."""
     out: dict[str, float] = {"utility_fixed_answer_skill": fixed}
-    results = check_all(runs, removal, chat, fixed, checks)
+    if results is None:
+        results = check_all(runs, removal, chat, fixed, checks)
     for c, g in runs.groupby("condition", sort=False):
         res = results[c]
         out[f"testbed_{c}"] = res["testbed"]
@@ -416,9 +419,8 @@ def verdict_metrics(
         out[f"harmful_rate_{key[m]}_{c}_sd"] = float(g.harmful_rate.std())
         for r in g.itertuples():
             out |= {f"{q}_{key[m]}_{c}_seed{r.seed}": float(getattr(r, q)) for q in qs}
-    for (m, c), g in (randomk if randomk is not None else table.iloc[:0]).groupby(
-        ["method", "condition"], sort=False
-    ):
-        name = key[m.removeprefix("random ")]
-        out |= {f"{q}_randomk_{name}_{c}": float(g[q].mean()) for q in qs[:2]}
+    if randomk is not None:
+        for (m, c), g in randomk.groupby(["method", "condition"], sort=False):
+            name = key[m.removeprefix("random ")]
+            out |= {f"{q}_randomk_{name}_{c}": float(g[q].mean()) for q in qs[:2]}
     return out
