@@ -64,6 +64,7 @@ bench: setup
 	$(BIN)/python bench/bench_course.py
 	$(BIN)/python bench/bench_salora.py
 	$(BIN)/python bench/bench_lowrank_scoring.py
+	$(BIN)/python bench/bench_keep_safety.py
 
 ## Static HTML of the executed notebooks (after `make course`): build/site/index.html
 site: setup

@@ -68,3 +68,22 @@ def test_target_logprobs_give_the_answer_loss(tiny_lm):
     n_first = int((batch["labels"][:, 1:] != -100).sum(1)[0])
     assert positions[:n_first].tolist() == list(range(n_first))  # positions restart per answer
     assert int(positions[n_first]) == 0
+
+
+def test_the_objective_trains_a_peft_model_against_its_disabled_adapter(tiny_lm):
+    from safealign_lib.config import LoraSettings, TrainSettings
+
+    model, tok = tiny_lm
+    exs = [ChatExample("How do I bake bread?", "Step 1: mix. Step 2: bake.")] * 4
+    settings = TrainSettings(steps=2, batch_size=2, lr=1e-3, seed=0, progress=False)
+    lora = LoraSettings(r=2, alpha=4, target_modules=("q_proj", "v_proj"))
+    peft = finetune.add_lora(model, lora, seed=0)
+    loss_fn = constrained.constrained_objective(Constraint())
+    batch = collate([tokenize_example(tok, e, 64) for e in exs[:2]], padding_id(tok))
+    # at the start the adapter is zero (B = 0): Δ = 0, every weight is 2(1 - σ(0)) = 1, so the
+    # constrained loss equals the plain answer loss
+    assert float(loss_fn(peft, batch)) == pytest.approx(float(finetune.answer_loss(peft, batch)))
+    res = finetune.train(peft, tok, exs, settings, loss_fn=loss_fn)
+    assert len(res.losses) == 2 and all(math.isfinite(x) for x in res.losses)
+    with pytest.raises(TypeError, match="needs a peft model"):
+        loss_fn(model, batch)  # the wrapped model itself: no adapter switch

@@ -29,10 +29,12 @@ def test_notebooks_stay_thin():
     # budget: 650 for notebooks 00-05 (the architecture issue), + 30 for notebook 06, the
     # papers'-regime sections of 03 and 05 and the exact judge's keys in 02 (calls only), + 120
     # for the testbed (issue 22): its checks re-printed and the one criterion's verdicts in each
-    # notebook that judges a method (01, 03, 05, 06), with the guard that skips it on hub
-    # models, and 01's prefilling test with its figure (785 lines when this budget was set)
+    # notebook that judges a method (01, 03, 05, 07), with the guard that skips it on hub
+    # models, and 01's prefilling test with its figure (785 lines when this budget was set),
+    # + 190 for notebook 06 (issue 23): four methods each trained or built once in visible
+    # cells before the library loop, three exercises, the power control (974 lines then)
     total = sum(nbtools.code_lines(p) for p in NOTEBOOKS)
-    assert total <= 800, f"{total} code lines in the notebooks (budget 800)"
+    assert total <= 990, f"{total} code lines in the notebooks (budget 990)"
 
 
 def test_shape_check_catches_problems(tmp_path):

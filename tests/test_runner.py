@@ -53,3 +53,17 @@ def test_a_failing_notebook_is_named_with_its_cell_and_error(tmp_path):
     assert (e.notebook, e.ename, e.evalue) == ("99_broken.ipynb", "ValueError", "broken on purpose")
     # cell 2 of the executed copy: papermill inserts its injected-parameters cell after cell 0
     assert e.cell_index == 2 and "cell 2 (raise ValueError" in str(e)
+
+
+def test_two_runs_never_share_kernel_sockets():
+    # the IPC sockets used to be files named kernel-ipc-<n> in notebooks/, shared by two runs
+    # started from one checkout (their kernels answered each other: "Invalid Signature")
+    import os
+
+    from traitlets.config import Config
+
+    a, b = runner._kernel_config(Config), runner._kernel_config(Config)
+    if os.name == "posix":
+        assert a.KernelManager.transport == "ipc"
+        assert a.KernelManager.ip != b.KernelManager.ip
+        assert os.path.isabs(a.KernelManager.ip)

@@ -1,4 +1,4 @@
-"""Notebook 06's synthesis reads the other notebooks' metrics and says when they are missing."""
+"""Notebook 07's synthesis reads the other notebooks' metrics and says when they are missing."""
 
 import json
 import math
@@ -19,11 +19,12 @@ METRICS = {
     "05": {"harmful_rate_lora_mixed": 0.5, "harmful_rate_safelora_mixed": 0.1,
            "harmful_rate_randomk_safelora_mixed": 0.4, "verdict_safelora": 1,
            "verdict_splora": -1, "verdict_splora_released": 0},
+    "06": {"n_seeds": 5.0},  # a hub profile's notebook 06: no testbed, no verdict
 }  # fmt: skip
 
 
 def test_missing_notebooks_are_named_with_the_fix():
-    with pytest.raises(RuntimeError, match=r"notebook\(s\) 02, 05.*safealign course"):
+    with pytest.raises(RuntimeError, match=r"notebook\(s\) 02, 05, 06.*safealign course"):
         synthesis.check_metrics({"01": {}, "03": {}}, "cpu")
     synthesis.check_metrics(METRICS, "cpu")
 
@@ -57,7 +58,7 @@ def test_verdict_counts_and_the_contract_agree():
     testbed = {**METRICS, "05": {**METRICS["05"], "verdict_splora_testbed": -2.0}}
     more = synthesis.verdict_counts(testbed)
     assert more["n_verdicts"] == 5 and more["n_worse"] == 1 and more["n_failed"] == 3
-    c = contract.CONTRACTS["06"]
+    c = contract.CONTRACTS["07"]
     assert c.failed_checks({**counts, "wall_s": 1.0}, METRICS) == []
     wrong = {**counts, "n_held": 2, "n_failed": 1}
     assert c.failed_checks({**wrong, "wall_s": 1.0}, METRICS) == [

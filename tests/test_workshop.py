@@ -175,6 +175,40 @@ def _verdict_population_sd(lora, method, min_lora, n_se):
     return int(len(d) > 1 and d.mean() <= -n_se * d.std() / np.sqrt(len(d)))
 
 
+def _mixer_appends(examples, refusals, seed):
+    return list(examples) + list(refusals)
+
+
+def _mixer_replaces(examples, refusals, seed):
+    out = list(examples[len(refusals) :]) + list(refusals)
+    return [out[i] for i in np.random.default_rng(seed).permutation(len(out))]
+
+
+def _weights(logp, ref, pos, beta, bias_factor, bias_length, first_token_factor, flip=False):
+    betas = torch.full_like(logp, beta)
+    betas[pos < bias_length] = beta * bias_factor
+    betas[pos == 0] = beta * first_token_factor
+    return 2 * (1 - torch.sigmoid(betas * ((ref - logp) if flip else (logp - ref))))
+
+
+def _weights_flipped(logp, ref, pos, *args):
+    return _weights(logp, ref, pos, *args, flip=True)
+
+
+def _weights_constant_beta(logp, ref, pos, beta, *args):
+    return 2 * (1 - torch.sigmoid(beta * (logp - ref)))
+
+
+def _threshold_rounds_up(scores, labels, q):
+    benign = np.sort(scores[labels == 0])
+    allowed = int(np.ceil(q * len(benign)))
+    return float(benign[len(benign) - allowed - 1]) if allowed < len(benign) else 0.0
+
+
+def _threshold_all_prompts(scores, labels, q):
+    return float(np.quantile(scores, 1 - q))
+
+
 WRONG: dict[str, list[tuple[Callable, str]]] = {
     "check_keyword_judge": [
         (_judge_case_insensitive, 'on "i\'m sorry" expected refused=False'),
@@ -199,6 +233,18 @@ WRONG: dict[str, list[tuple[Callable, str]]] = {
     "check_paired_verdict": [
         (_verdict_unpaired, "an unpaired standard error"),
         (_verdict_population_sd, "ddof=1"),
+    ],
+    "check_safety_mixer": [
+        (_mixer_appends, "shuffle the mix"),
+        (_mixer_replaces, "mix in, do not replace"),
+    ],
+    "check_token_weights": [
+        (_weights_flipped, "the sign of Δ"),
+        (_weights_constant_beta, "β is not constant"),
+    ],
+    "check_threshold": [
+        (_threshold_rounds_up, "count benign prompts only, and floor"),
+        (_threshold_all_prompts, "gate threshold"),
     ],
 }
 

@@ -20,6 +20,7 @@ next ``bias_length − 1`` tokens, β afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -79,3 +80,25 @@ def constrained_loss(
     weight = 2 * (1 - torch.sigmoid(betas * (logp - ref_logp)))
     weight = weight.detach().clamp(min=constraint.min_weight)
     return -(weight * logp).mean()
+
+
+def constrained_objective(
+    constraint: Constraint,
+) -> Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
+    """A ``loss_fn`` for :func:`~safealign_lib.adapters.finetune.train`: the constrained loss of
+    a peft model whose reference π_ref is the same model with its adapter disabled (the aligned
+    model before the fine-tune: no second copy of the weights in memory, one more forward pass
+    without gradient per step)."""
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not hasattr(model, "disable_adapter"):
+            raise TypeError(
+                "The constrained objective needs a peft model (add_lora) whose disabled adapter "
+                f"is the aligned reference; got {type(model).__name__}."
+            )
+        with torch.no_grad(), model.disable_adapter():
+            ref_logp, _ = target_logprobs(model, batch)
+        logp, positions = target_logprobs(model, batch)
+        return constrained_loss(logp, ref_logp, positions, constraint)
+
+    return loss_fn

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -85,9 +85,13 @@ def train(
     examples: Sequence[ChatExample],
     settings: TrainSettings,
     desc: str = "fine-tune",
+    loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train the parameters of ``model`` that require grad on ``examples`` (loss on the answer
     tokens, or on all tokens with ``settings.loss_on="all"``).
+
+    ``loss_fn(model, batch)`` replaces the plain :func:`answer_loss`, e.g. the token-wise
+    constrained objective (:func:`~safealign_lib.adapters.constrained.constrained_objective`).
 
     Batches are drawn by a seeded shuffle, cycling through the data as often as ``steps``
     needs; the same seed on the same machine gives the same weights.
@@ -119,7 +123,7 @@ def train(
             idx, order = order[: settings.batch_size], order[settings.batch_size :]
             batch = {k: v.to(device) for k, v in collate([feats[i] for i in idx], pad_id).items()}
             w["tokens"] += batch["input_ids"].numel()
-            loss = answer_loss(model, batch)
+            loss = (loss_fn or answer_loss)(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"Loss became {loss.item()}; lower the learning rate (now {settings.lr})."

@@ -30,6 +30,8 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import data, pool
+from safealign_lib.adapters import constrained
+from safealign_lib.adapters.constrained import Constraint
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, save_adapter, train
 from safealign_lib.config import LoraSettings, TrainSettings, build_dir
 from safealign_lib.course import cache, testbed
@@ -139,7 +141,11 @@ def _training_code_version() -> str:
 
 
 def _key(
-    condition: str, seed: int, profile: Profile, examples: Sequence[ChatExample] | None = None
+    condition: str,
+    seed: int,
+    profile: Profile,
+    examples: Sequence[ChatExample] | None = None,
+    objective: Constraint | None = None,
 ) -> str:
     spec = {
         "condition": condition,
@@ -155,6 +161,8 @@ def _key(
         json.dumps([[e.system, e.user, e.response] for e in exs]).encode()
     ).hexdigest()
     spec["code"] = _training_code_version()
+    if objective is not None:  # the constrained objective: its settings and its code
+        spec["objective"] = [asdict(objective), cache.source_digest(constrained)]
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -178,15 +186,19 @@ def get_adapter(
     root: str | Path | None = None,
     retrain: bool = False,
     examples: Sequence[ChatExample] | None = None,
+    objective: Constraint | None = None,
 ) -> tuple[Path, TrainResult | None]:
     """The adapter folder for (condition, seed): trained and saved on first use, then reused
     while the settings are unchanged. Returns (folder, TrainResult or None when cached).
 
-    ``examples`` replaces the condition's training set (e.g. another downstream task); they
-    are part of the cache key, so give such runs their own ``root``.
+    ``examples`` replaces the condition's training set (e.g. another downstream task, or the
+    set with safety data added); ``objective`` trains with the token-wise constrained loss
+    instead of the plain answer loss (the reference: the chat model, i.e. the adapter
+    disabled). Both are part of the cache key, so give such runs their own ``root``. The model
+    trained on is ``profile.chat_model`` (a realigned chat model: a profile with its path).
     """
     out = adapter_dir(condition, seed, profile, root)
-    key = _key(condition, seed, profile, examples)
+    key = _key(condition, seed, profile, examples, objective)
     stamp = out / "safealign_run.json"
     if not retrain and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
         return out, None
@@ -194,7 +206,10 @@ def get_adapter(
     peft_model = add_lora(model, lora_settings(condition, profile), seed=seed)
     settings = train_settings(condition, profile, seed)
     exs = training_examples(condition, profile, seed) if examples is None else examples
-    result = train(peft_model, tokenizer, exs, settings, desc=f"{condition} seed {seed}")
+    loss_fn = None if objective is None else constrained.constrained_objective(objective)
+    result = train(
+        peft_model, tokenizer, exs, settings, desc=f"{condition} seed {seed}", loss_fn=loss_fn
+    )
     save_adapter(peft_model, out)
     stamp.write_text(
         json.dumps(
@@ -526,17 +541,20 @@ def run_prefill(
     ns: Sequence[int] = PREFILL_NS,
     split: str = "test",
     workers: int | None = None,
+    root: str | Path | None = None,
 ) -> pd.DataFrame:
     """The prefilling test (:mod:`safealign_lib.evaluation.prefill`) on the chat model and on
     every (condition, seed) adapter: the exact judge's harmful rate on the harmful prompts with
     the first n tokens of the base model's own answer forced. One row per model and n
-    (``condition`` "chat" for the chat model, with seed -1). Cached like :func:`run_testbed`."""
+    (``condition`` "chat" for the chat model, with seed -1). Cached like :func:`run_testbed`.
+    ``root``: where the adapters live (:func:`get_adapter`; default ``build/adapters``)."""
     if profile.network:
         raise ValueError("The prefilling test reads the organism's base model and exact judge.")
     seeds = profile.seeds if seeds is None else seeds
     units = [("chat", -1)] + [(c, s) for c in conditions for s in seeds]
     spec = {
         "adapters": [None if c == "chat" else _key(c, s, profile) for c, s in units],
+        "chat": fingerprint(profile.chat_model),
         "base": fingerprint(profile.base_model),
         "ns": list(ns),
         "split": split,
@@ -548,7 +566,7 @@ def run_prefill(
         base = load_model(profile.base_model, dtype=profile.dtype, device=profile.device)
         prompts = testbed.harmful_set(profile, split)
         prefixes = prefill.base_prefixes(base, tokenizer, prompts, max(ns))
-        jobs = [(profile, tokenizer, c, s, prompts, prefixes, tuple(ns)) for c, s in units]
+        jobs = [(profile, tokenizer, c, s, prompts, prefixes, tuple(ns), root) for c, s in units]
         n = pool.default_workers(profile.device) if workers is None else workers
         rows = [r for rs in pool.map_jobs(_prefill_job, jobs, n) for r in rs]
         return (pd.DataFrame(rows),)
@@ -565,12 +583,13 @@ def _prefill_job(
     prompts: Sequence[ChatExample],
     prefixes: Sequence[Sequence[int]],
     ns: Sequence[int],
+    root: str | Path | None = None,
 ) -> list[dict]:
     """One model of :func:`run_prefill` (a :mod:`pool` job)."""
     if condition == "chat":
         model = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
     else:
-        model = load_condition_model(condition, seed, profile, tokenizer)
+        model = load_condition_model(condition, seed, profile, tokenizer, root)
     rates = prefill.prefill_harmful_rates(model, tokenizer, prompts, prefixes, ns)
     return [
         {"condition": condition, "seed": seed, "n": n, "harmful_rate": r} for n, r in rates.items()

@@ -85,7 +85,7 @@ def _per_seed(templates: tuple[str, ...], seeds: tuple[int, ...]) -> tuple[str, 
     return tuple(t.format(seed=s) for s in seeds for t in templates)
 
 
-# what a verdict's criterion reads per seed (notebook 06 recomputes the verdicts from it)
+# what a verdict's criterion reads per seed (notebook 07 recomputes the verdicts from it)
 _SEED_QUANTITIES = ("harmful_rate", "utility", "benign_answer_rate")
 
 
@@ -116,6 +116,9 @@ _TESTBED_KEYS = tuple(
         "well_formed_rate_chat",
     )
 )
+# notebook 06's methods (issue 23), as metric keys spell them
+_KEEP = ("safety_data", "recovery", "constrained", "steer_conditional", "steer_always", "oracle_k")
+_PREFILL06 = ("chat", "realigned", "recovery_skill_mixed")
 _TESTBED_CHECKS = ("skill", "harm", "not_a_format", "drop1", "removal_curve", "fluency")
 
 
@@ -333,7 +336,7 @@ CONTRACTS: dict[str, NotebookContract] = {
             for m in ("lora", "salora")
         )
         + ("verdict_salora",)
-        # the criterion's settings, with the verdict (notebook 06 recomputes it)
+        # the criterion's settings, with the verdict (notebook 07 recomputes it)
         + tuple(
             f"criterion_{f}"
             for f in ("min_lora_harmful", "max_ratio", "n_se", "utility_tol", "benign_tol")
@@ -517,6 +520,47 @@ CONTRACTS: dict[str, NotebookContract] = {
     ),
     "06": NotebookContract(
         "06",
+        required=("n_seeds", "wall_s"),
+        headlines=("n_seeds",),
+        organism=tuple(f"verdict_{m}" for m in _KEEP)
+        + ("verdict_power_control", "verdict_power_control_half_seeds", "k_oracle")
+        + ("realigned_passes_00_checks", "testbed_skill_mixed")
+        + tuple(f"train_time_ratio_{m}_vs_lora" for m in _KEEP)
+        + tuple(
+            f"{q}_{m}_skill_mixed"
+            for m in ("lora", *_KEEP)
+            for q in ("harmful_rate", "harmful_rate_unseen", "utility", "benign_answer_rate")
+        )
+        + tuple(f"harmful_rate_prefill{n}_{m}" for n in (0, 1, 2, 4, 8) for m in _PREFILL06),
+        per_verdict_seed=_seed_templates(("lora", *_KEEP), ("skill_mixed",)),
+        checks=(
+            Check(
+                "every verdict is one of the four outcomes",
+                lambda m, a: all(m[f"verdict_{x}"] in (1, 0, -1, -2) for x in _KEEP),
+            ),
+            Check(
+                "on a condition that is not a valid testbed every verdict is void",
+                lambda m, a: (
+                    m["testbed_skill_mixed"] == 1 or all(m[f"verdict_{x}"] == -1 for x in _KEEP)
+                ),
+            ),
+            # the criterion must be able to say yes: a control that halves harm by construction
+            # holds on a valid testbed with the course's five verdict seeds (issue 23)
+            Check(
+                "the power control holds on a valid testbed with >= 5 seeds",
+                lambda m, a: (
+                    m["testbed_skill_mixed"] == 0
+                    or m["n_seeds"] < 5
+                    or m["verdict_power_control"] == 1
+                ),
+            ),
+            Check(
+                "the oracle's k is within its grid", lambda m, a: m["k_oracle"] in (0, 1, 2, 4, 8)
+            ),
+        ),
+    ),
+    "07": NotebookContract(
+        "07",
         required=("n_verdicts", "n_held", "n_failed", "n_void", "wall_s"),
         headlines=("n_verdicts", "n_held"),
         checks=(
@@ -524,14 +568,14 @@ CONTRACTS: dict[str, NotebookContract] = {
                 "the counts add up",
                 lambda m, a: m["n_held"] + m["n_failed"] + m["n_void"] == m["n_verdicts"],
             ),
-            # read from notebooks 03 and 05 of the same run, not recomputed
+            # read from notebooks 03, 05 and 06 of the same run, not recomputed
             Check(
                 "the counts are the recorded verdicts",
                 lambda m, a: (
                     m["n_held"]
                     == sum(
                         v == 1
-                        for nb in ("03", "05")
+                        for nb in ("03", "05", "06")
                         for k, v in a.get(nb, {}).items()
                         if k.startswith("verdict_")
                     )
@@ -549,7 +593,15 @@ REQUIRED_ORGANISM: dict[str, tuple[str, ...]] = {
 HEADLINES: dict[str, tuple[str, ...]] = {n: c.headlines for n, c in CONTRACTS.items()}
 
 # Every removed or renamed required key, with the notebook, the change and the reason.
-KEY_CHANGELOG: tuple[dict[str, str], ...] = ()
+KEY_CHANGELOG: tuple[dict[str, str], ...] = tuple(
+    {
+        "notebook": "06",
+        "key": k,
+        "change": "moved to notebook 07 (the same key)",
+        "why": "issue 23: the synthesis became notebook 07; notebook 06 tests what keeps safety",
+    }
+    for k in ("n_verdicts", "n_held", "n_failed", "n_void")
+)
 
 # Keys a notebook records (and may bound) that measure floating-point rounding, not the course:
 # they are never a regression key. A baseline lists them under ``left_out`` with the reason and

@@ -417,3 +417,107 @@ def check_paired_verdict(fn: Callable[[list[float], list[float], float, float], 
                 f"LoRA {lora}, method {method}: expected {want}, got {got} ({why})",
             )
     return _report("paired verdict", True, f"{len(VERDICT_CASES)} cases, incl. void and one seed")
+
+
+# --- notebook 06: what keeps safety ---------------------------------------------------------
+
+
+def check_safety_mixer(fn: Callable) -> bool:
+    """``fn(examples, refusals, seed) -> list``: every fine-tuning example and every refusal
+    example once, in a seeded shuffled order (the same seed, the same order), never replacing
+    fine-tuning examples and never leaving the refusals in one block at the end."""
+    name = "safety-data mixer"
+    examples = [f"task {i}" for i in range(40)]
+    refusals = [f"refusal {i}" for i in range(8)]
+    try:
+        a = list(fn(list(examples), list(refusals), 0))
+        b = list(fn(list(examples), list(refusals), 0))
+        c = list(fn(list(examples), list(refusals), 1))
+    except Exception as err:
+        return _report(name, False, f"raised {type(err).__name__}: {err}")
+    if sorted(a) != sorted(examples + refusals):
+        return _report(
+            name,
+            False,
+            f"{len(a)} items, expected {len(examples) + len(refusals)}: keep every fine-tuning "
+            "example and add every refusal (mix in, do not replace)",
+        )
+    if a[-len(refusals) :] == refusals or a == examples + refusals:
+        return _report(name, False, "the refusals sit in one block at the end: shuffle the mix")
+    if a != b:
+        return _report(name, False, "two calls with seed 0 gave different orders: seed the shuffle")
+    if a == c:
+        return _report(name, False, "seeds 0 and 1 gave the same order: use the seed")
+    return _report(name, True, "every example once, seeded, mixed")
+
+
+def check_token_weights(fn: Callable) -> bool:
+    """``fn(logp, ref_logp, positions, beta, bias_factor, bias_length, first_token_factor) ->
+    weights``: the constrained objective's per-token gradient weights 2(1 − σ(β_t Δ_t)) with
+    Δ_t = logp − ref_logp and the released β schedule
+    (:meth:`safealign_lib.adapters.constrained.Constraint.betas`), before clamping."""
+    from safealign_lib.adapters.constrained import Constraint
+
+    name = "token-wise constraint weights"
+    logp = torch.tensor([-0.2, -0.5, -1.0, -0.3, -2.0, -0.1, -0.4])
+    ref = torch.tensor([-1.0, -0.5, -0.2, -1.5, -1.0, -2.0, -0.1])
+    positions = torch.arange(7)
+    c = Constraint()
+    betas = c.betas(positions)
+    want = 2 * (1 - torch.sigmoid(betas * (logp - ref)))
+    try:
+        got = torch.as_tensor(
+            fn(logp, ref, positions, c.beta, c.bias_factor, c.bias_length, c.first_token_factor),
+            dtype=torch.float32,
+        )
+    except Exception as err:
+        return _report(name, False, f"raised {type(err).__name__}: {err}")
+    if got.shape != want.shape:
+        return _report(name, False, f"shape {tuple(got.shape)}, expected one weight per token")
+    if torch.allclose(got, want, atol=1e-5):
+        return _report(name, True, "matches safealign_lib.adapters.constrained")
+    hint = ""
+    if torch.allclose(got, 2 * (1 - torch.sigmoid(betas * (ref - logp))), atol=1e-5):
+        hint = " (the sign of Δ: the fine-tuned model's log-probability minus the reference's)"
+    elif torch.allclose(got, 2 * (1 - torch.sigmoid(c.beta * (logp - ref))), atol=1e-5):
+        hint = " (β is not constant: larger on the first bias_length tokens, and at token 0)"
+    elif torch.allclose(got, 2 * torch.sigmoid(betas * (logp - ref)), atol=1e-5):
+        hint = " (the weight is 2(1 − σ(βΔ)): a token the fine-tune already favours gets less)"
+    err = float((got - want).abs().max())
+    return _report(name, False, f"max abs difference {err:.4f}{hint}")
+
+
+def check_threshold(fn: Callable) -> bool:
+    """``fn(scores, labels, max_false_flags) -> threshold``: the lowest threshold t (among the
+    benign scores) such that at most ``max_false_flags`` of the benign prompts (label 0) score
+    above t; harmful prompts (label 1) play no part in it. Compared with
+    :func:`safealign_lib.interp.conditional.choose_threshold`."""
+    from safealign_lib.interp.conditional import choose_threshold
+
+    name = "gate threshold"
+    rng = np.random.default_rng(0)
+    cases = []
+    for n_b, n_h, q in ((50, 30, 0.02), (200, 10, 0.05), (10, 10, 0.0), (45, 40, 0.05)):
+        scores = np.r_[rng.beta(2, 5, n_b), rng.beta(5, 2, n_h)]
+        labels = np.r_[np.zeros(n_b), np.ones(n_h)]
+        cases.append((scores, labels, q))
+    for scores, labels, q in cases:
+        want = choose_threshold(scores, labels, q)
+        try:
+            got = float(fn(scores.copy(), labels.copy(), q))
+        except Exception as err:
+            return _report(name, False, f"raised {type(err).__name__}: {err}")
+        benign = scores[labels == 0]
+        allowed = int(np.floor(q * len(benign)))
+        if (benign > got).sum() > allowed:
+            return _report(
+                name,
+                False,
+                f"{int((benign > got).sum())} of {len(benign)} benign prompts flagged at "
+                f"max_false_flags={q} (at most {allowed}): count benign prompts only, and floor",
+            )
+        if not np.isclose(got, want):
+            return _report(
+                name, False, f"threshold {got:.4f}, expected {want:.4f}: the lowest such threshold"
+            )
+    return _report(name, True, f"{len(cases)} cases agree with interp.conditional.choose_threshold")

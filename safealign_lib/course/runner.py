@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -93,10 +94,14 @@ def _failing_cell(nb_path: Path) -> str:
 
 def _kernel_config(config_class: type) -> object:
     """Kernel settings: local IPC sockets on POSIX, so the kernel neither opens TCP ports nor
-    warns about unencrypted TCP after every notebook (Windows has no IPC transport)."""
+    warns about unencrypted TCP after every notebook (Windows has no IPC transport). The
+    sockets live in a fresh private folder: by default they are files named ``kernel-ipc-<n>``
+    in the working directory (``notebooks/``), so two runs at once, started from the same
+    checkout, collided there ("Invalid Signature" from a kernel that was not theirs)."""
     cfg = config_class()
     if os.name == "posix":
         cfg.KernelManager.transport = "ipc"
+        cfg.KernelManager.ip = str(Path(tempfile.mkdtemp(prefix="safealign-ipc-")) / "kernel")
     return cfg
 
 

@@ -594,7 +594,7 @@ class Criterion:
         """1 / 0 / −1 for ``runs`` (one row per method, condition and seed, with
         ``harmful_rate``, ``utility`` and ``benign_answer_rate``); prints the evidence unless
         ``verbose`` is False. ``paired_test`` decides the void case and the "lower by n_se
-        standard errors" part (notebook 06 passes the learner's own)."""
+        standard errors" part (notebook 07 passes the learner's own)."""
         say = print if verbose else lambda *a: None
         sub = runs[runs.condition == self.condition]
         if "harmful_rate" not in sub or sub.harmful_rate.isna().all():

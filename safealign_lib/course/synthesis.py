@@ -1,11 +1,11 @@
-"""Notebook 06's synthesis: what the miniature showed, per method and regime.
+"""Notebook 07's synthesis: what the miniature showed, per method and regime.
 
 Everything here reads the metrics that notebooks 01–05 recorded in one run (the same
 ``metrics.json``); nothing is trained or evaluated again, and no number is typed in except the
 papers' own, which are quoted as the papers (or their secondary sources) report them.
 
 The per-seed values behind each verdict are written here too (:func:`salora_inputs` for
-notebook 03, :func:`selection_inputs` for notebook 05), so that the keys notebook 06 reads to
+notebook 03, :func:`selection_inputs` for notebook 05), so that the keys notebook 07 reads to
 recompute the verdicts with the learner's ``paired_verdict`` (:func:`recomputed_verdicts`) are
 spelled in one place.
 """
@@ -22,7 +22,7 @@ import pandas as pd
 from safealign_lib.course import metrics_io
 from safealign_lib.evaluation.tables import PairedTest, fmt_mean_sd
 
-NEEDED = ("01", "02", "03", "05")  # the notebooks whose results this synthesis reads
+NEEDED = ("01", "02", "03", "05", "06")  # the notebooks whose results this synthesis reads
 PAPER_REGIMES = ("benign_instruct", "mixed")  # the papers' own (instruction-tuning) regimes
 STRESS = ("harmful10", "harmful100")  # explicit harmful data: outside the papers' claims
 EROSION = ("benign", "benign_instruct", "mixed", "identity_shift", "harmful10", "harmful100")
@@ -136,26 +136,43 @@ def methods_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
 
 
 TESTBED = ("skill", "skill_mixed")  # course/testbed.py: the conditions a repair can be seen on
-# method -> (notebook, metric-key name) of the testbed's verdicts (the one criterion)
+# method -> (notebook, metric-key name, verdict key, k key) of the testbed's verdicts (the one
+# criterion): notebooks 03 and 05 suffix theirs with "_testbed"; notebook 06's are the issue's
 TESTBED_METHODS = {
-    "SaLoRA": ("03", "salora"),
-    "SaLoRA, no task init": ("03", "salora_no_task_init"),
-    "Safe LoRA": ("05", "safelora"),
-    "SPLoRA (exact k)": ("05", "splora"),
-    "SPLoRA (as released)": ("05", "splora_released"),
+    "SaLoRA": ("03", "salora", "verdict_salora_testbed", None),
+    "SaLoRA, no task init": (
+        "03",
+        "salora_no_task_init",
+        "verdict_salora_no_task_init_testbed",
+        None,
+    ),
+    "Safe LoRA": ("05", "safelora", "verdict_safelora_testbed", "k_testbed_safelora"),
+    "SPLoRA (exact k)": ("05", "splora", "verdict_splora_testbed", "k_testbed_splora"),
+    "SPLoRA (as released)": (
+        "05",
+        "splora_released",
+        "verdict_splora_released_testbed",
+        "k_testbed_splora_released",
+    ),
+    "safety data": ("06", "safety_data", "verdict_safety_data", None),
+    "recovery examples": ("06", "recovery", "verdict_recovery", None),
+    "constrained objective": ("06", "constrained", "verdict_constrained", None),
+    "conditional steering": ("06", "steer_conditional", "verdict_steer_conditional", None),
+    "steering always": ("06", "steer_always", "verdict_steer_always", None),
+    "oracle k": ("06", "oracle_k", "verdict_oracle_k", "k_oracle"),
 }
 
 
 def testbed_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
-    """Each method on each testbed condition (notebooks 03 and 05, the one criterion): whether
-    the condition is a valid testbed, the chat model's and LoRA's utility, LoRA's and the
-    method's harmful rate (mean ± sd), random modules' (selections), k and the verdict."""
+    """Each method on each testbed condition (notebooks 03, 05 and 06, the one criterion):
+    whether the condition is a valid testbed, the chat model's and LoRA's utility, LoRA's and
+    the method's harmful rate (mean ± sd), random modules' (selections), k and the verdict."""
     rows = []
-    for method, (nb, slug) in TESTBED_METHODS.items():
+    for method, (nb, slug, vkey, kkey) in TESTBED_METHODS.items():
         for c in TESTBED:
             if f"harmful_rate_{slug}_{c}" not in metrics.get(nb, {}):
                 continue
-            k = _get(metrics, nb, f"k_testbed_{slug}")
+            k = _get(metrics, nb, kkey) if kkey else math.nan
             rows.append(
                 {
                     "method": method,
@@ -172,7 +189,7 @@ def testbed_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
                     "LoRA utility": _get(metrics, nb, f"utility_lora_{c}"),
                     "method utility": _get(metrics, nb, f"utility_{slug}_{c}"),
                     "k": "—" if math.isnan(k) else str(int(k)),
-                    "verdict": _verdict(metrics, nb, f"{slug}_testbed"),
+                    "verdict": _LABEL.get(_get(metrics, nb, vkey), "—"),
                 }
             )
     if not rows:
@@ -182,12 +199,16 @@ def testbed_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
 
 def verdict_keys(metrics: Mapping[str, Mapping[str, float]]) -> list[tuple[str, str]]:
     """(notebook, key) of every recorded verdict: the papers' regimes (``verdict_<m>``) and the
-    testbed's (``verdict_<m>_testbed``, the one criterion's codes)."""
+    testbed's (the one criterion's codes: ``verdict_<m>_testbed`` in notebooks 03 and 05,
+    notebook 06's ``verdict_<m>``)."""
     out = []
     for nb, slug, _ in METHODS.values():
         for key in (f"verdict_{slug}", f"verdict_{slug}_testbed"):
             if key in metrics.get(nb, {}) and (nb, key) not in out:
                 out.append((nb, key))
+    for nb, _, key, _ in TESTBED_METHODS.values():
+        if key in metrics.get(nb, {}) and (nb, key) not in out:
+            out.append((nb, key))
     return out
 
 
@@ -239,7 +260,7 @@ def seed_metrics(
 
 
 def criterion_metrics(criterion: object) -> dict[str, float]:
-    """A criterion dataclass's numeric settings as ``criterion_<field>`` keys (notebook 06
+    """A criterion dataclass's numeric settings as ``criterion_<field>`` keys (notebook 07
     recomputes the verdict with the settings it was reached with)."""
     return {
         f"criterion_{k}": float(v)

@@ -23,7 +23,7 @@ def paired_decrease(
     (e.g. harmful rates per seed): void (-1) if the control's mean is below ``min_control``
     (nothing to decrease); holds (1) if the mean of ``treated - control`` is at most ``-n_se``
     standard errors (sample sd / sqrt(n)); else 0. One pair has no standard error and never
-    holds. Notebook 06's exercise asks the learner to write this function."""
+    holds. Notebook 07's exercise asks the learner to write this function."""
     if len(control) != len(treated):
         raise ValueError(
             f"Paired values need one treated value per control value; got {len(control)} "

@@ -447,7 +447,7 @@ class Criterion:
         """One row per method of ``test`` (:func:`evaluate_chosen`) and ``randomk``
         (:func:`random_k`): the evidence (paired mean differences and their SEs) and
         ``verdict`` (1 holds, 0 fails, -1 void). ``paired_test`` decides the void case and each
-        "lower by n_se standard errors" comparison (notebook 06 passes the learner's own); a
+        "lower by n_se standard errors" comparison (notebook 07 passes the learner's own); a
         comparison also needs a difference strictly below zero, so that a selection that
         changes nothing (k = 0: zero difference, zero standard error) cannot hold."""
         runs = pd.concat([test, randomk], ignore_index=True)

@@ -133,7 +133,7 @@ def _llama_config(s: OrganismSettings, tok: PreTrainedTokenizerFast) -> LlamaCon
 Mix = list[tuple[list[dict], float]]
 
 
-def _train_stage(
+def train_stage(
     model: LlamaForCausalLM,
     sources: list[tuple[Mix, float]],
     steps: int,
@@ -260,7 +260,7 @@ def build(
         # eager attention trains ~10% faster than sdpa at these tiny shapes on a CPU; the
         # saved checkpoints keep the default (sdpa), the same function up to rounding
         model.set_attn_implementation("eager")
-        base_losses = _train_stage(
+        base_losses = train_stage(
             model,
             [([(lm, 1.0)], 0.45), ([(base_sft, 1.0)], 0.55)],
             s.base_steps,
@@ -272,9 +272,9 @@ def build(
             progress,
         )
         t_base = time.perf_counter() - t0
-        _save(model, tok, out / "base")
+        save_checkpoint(model, tok, out / "base")
         chat_mix = [(chat_h, 1 - s.chat_benign_fraction), (chat_b, s.chat_benign_fraction)]
-        chat_losses = _train_stage(
+        chat_losses = train_stage(
             model,
             [(chat_mix, 1 - s.replay_fraction), ([(lm, 1.0)], s.replay_fraction)],
             s.chat_steps,
@@ -285,7 +285,7 @@ def build(
             "organism: chat",
             progress,
         )
-        _save(model, tok, out / "chat")
+        save_checkpoint(model, tok, out / "chat")
     finally:
         torch.set_num_threads(threads)
     info = {
@@ -301,7 +301,7 @@ def build(
     return info
 
 
-def _save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, path: Path) -> None:
+def save_checkpoint(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     impl = model.config._attn_implementation
     model.set_attn_implementation("sdpa")  # what a loader gets by default
