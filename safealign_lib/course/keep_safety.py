@@ -813,3 +813,22 @@ def judge(
             ),
         ]
     )
+
+
+# the constrained objective's schedule fields, as the exercise takes them
+SCHEDULE = ("beta", "bias_factor", "bias_length", "first_token_factor")
+
+
+def load_method_model(
+    method: str,
+    condition: str,
+    seed: int,
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    choices: Choices = CHOICES,
+    realigned: Path | None = None,
+) -> PreTrainedModel:
+    """A trained method's (or ``"LoRA"``'s) adapter loaded on the model it was trained on."""
+    path, _ = method_adapter(method, condition, seed, profile, tokenizer, choices, realigned)
+    prof = method_profile(method, profile, realigned)
+    return load_adapter(load_model(prof.chat_model, dtype=prof.dtype, device=prof.device), path)
