@@ -219,6 +219,37 @@ def test_a_judge_that_never_refuses_fails_the_smoke_regression(tmp_path, monkeyp
     assert len(rows) >= 7
 
 
+@pytest.mark.notebook
+def test_a_planted_learning_rate_change_fails_the_smoke_regression(tmp_path, monkeypatch):
+    """Issue 25: the tolerances are not so loose that a real training change passes. The
+    learning rate of one condition (harmful10) is planted at 1.5x in the kernel and in its pool
+    workers (a ``sitecustomize``, as above) and notebook 01 runs from an empty build folder."""
+    hook, marker = tmp_path / "hook", tmp_path / "kernel_was_patched"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        textwrap.dedent(f"""
+        import pathlib
+
+        from safealign_lib.course import conditions
+
+        conditions.LR_SCALE["harmful10"] = 1.5
+        pathlib.Path({str(marker)!r}).write_text("patched")
+        """)
+    )
+    old = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), old])))
+    monkeypatch.setenv("SAFEALIGN_BUILD", str(tmp_path / "build"))
+    mfile = tmp_path / "metrics.json"
+    nb = runner.list_notebooks(["01"])[0]
+    runner.run_notebook(nb, {"profile": "smoke", "metrics_file": str(mfile)}, tmp_path, 900)
+    assert marker.is_file(), "the kernel did not inherit PYTHONPATH: the change was not planted"
+    rows = regress.compare(regress.load_baseline(SMOKE), metrics_io.load(mfile), ["01"])
+    failed = {r.key for r in rows if r.failed}
+    assert any("harmful10" in k for k in failed), "a 1.5x learning rate passed the comparison"
+    # the other conditions were trained as before: their keys still match
+    assert not any(k.endswith("_benign") for k in failed), sorted(failed)
+
+
 def test_same_seed_same_metrics_on_notebook_01s_training_path(tmp_path):
     """Notebook 01's own code path (``conditions.run_conditions``: train, save, reload,
     evaluate) twice with the same seed on the organism: identical losses and metrics. (The
