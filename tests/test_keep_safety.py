@@ -79,15 +79,19 @@ def test_metric_keys_spell_the_issue_s_names():
     assert "utility_lora_skill_mixed" in m and "benign_answer_rate_lora_skill_mixed_seed0" in m
 
 
-def test_costs_count_the_realignment_once_per_fine_tune():
+def test_costs_come_from_step_times_and_count_the_realignment_once_per_fine_tune():
     table = _table().query("method == 'LoRA'")
     rows = [table]
     for m in keep_safety.METHODS:
-        rows.append(table.assign(method=m, train_s=20.0))
+        rows.append(table.assign(method=m, train_s=2.0))
     sweep = pd.DataFrame({"search_s": [4.0, 4.0]})
-    costs = keep_safety.cost_table(pd.concat(rows), 100.0, sweep, 5)
+    step_s = {"LoRA": 0.2, "safety data": 0.2, "constrained": 0.3}
+    costs = keep_safety.cost_table(pd.concat(rows), step_s, 100, 100.0, sweep, 5)
+    assert costs.loc["LoRA", "seconds per adapter"] == pytest.approx(20.0)
     assert costs.loc["recovery", "seconds per adapter"] == pytest.approx(40.0)
-    assert costs.loc["oracle k", "ratio to LoRA"] == pytest.approx(0.1)
+    assert costs.loc["constrained", "ratio to LoRA"] == pytest.approx(1.5)
+    assert costs.loc["oracle k", "ratio to LoRA"] == pytest.approx(0.2)
+    assert costs.loc["conditional steering", "seconds per adapter"] == pytest.approx(2.0)
     assert set(keep_safety.train_ratios(costs)) == set(keep_safety.METHODS)
 
 

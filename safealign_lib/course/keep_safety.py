@@ -38,6 +38,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import data, pool
+from safealign_lib.adapters import constrained
 from safealign_lib.adapters.constrained import Constraint
 from safealign_lib.adapters.finetune import TrainResult, load_adapter
 from safealign_lib.config import build_dir
@@ -748,14 +749,85 @@ def prefill_metrics(chat: pd.DataFrame, realigned: pd.DataFrame) -> dict[str, fl
     return out
 
 
+def step_seconds(
+    profile: Profile,
+    tokenizer: PreTrainedTokenizerBase,
+    condition: str,
+    choices: Choices = CHOICES,
+    steps: int = 6,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Seconds per training step, measured side by side in this process (one LoRA model, the
+    same seeded batches, the variants alternating within every repeat so that a drift of the
+    machine's speed hits all of them; medians): plain LoRA on the condition's set, on the set
+    with safety data, and the constrained objective. A trained adapter's time is its steps
+    times this; timing each adapter as it was trained would compare runs made under different
+    loads."""
+    import statistics
+
+    from safealign_lib.adapters.finetune import add_lora, answer_loss
+    from safealign_lib.models.chat import collate, padding_id, tokenize_example
+
+    settings = conditions.train_settings(condition, profile, 0)
+    base = conditions.training_examples(condition, profile, 0)
+    sets = {"LoRA": base, "safety data": safety_data.with_safety_data(base, choices.safety_n, 0)}
+    gen = torch.Generator().manual_seed(0)
+    batches = {}
+    for name, exs in sets.items():
+        feats = [tokenize_example(tokenizer, e, settings.max_length) for e in exs]
+        batches[name] = [
+            collate(
+                [
+                    feats[i]
+                    for i in torch.randperm(len(feats), generator=gen)[: settings.batch_size]
+                ],
+                padding_id(tokenizer),
+            )
+            for _ in range(steps)
+        ]
+    model = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
+    model = add_lora(model, conditions.lora_settings(condition, profile), seed=0)
+    model.train()
+    variants = {
+        "LoRA": ("LoRA", answer_loss),
+        "safety data": ("safety data", answer_loss),
+        "constrained": ("LoRA", constrained.constrained_objective(choices.constraint)),
+    }
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(repeats):
+        for name, (data_name, loss_fn) in variants.items():
+            t0 = time.perf_counter()
+            for b in batches[data_name]:
+                model.zero_grad(set_to_none=True)
+                loss_fn(model, {k: v.to(model.device) for k, v in b.items()}).backward()
+            times[name].append((time.perf_counter() - t0) / steps)
+    model.eval()
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
 def cost_table(
-    table: pd.DataFrame, realign_seconds: float, sweep: pd.DataFrame, n_adapters: int
+    table: pd.DataFrame,
+    step_s: Mapping[str, float],
+    n_steps: int,
+    realign_seconds: float,
+    sweep: pd.DataFrame,
+    n_adapters: int,
 ) -> pd.DataFrame:
-    """Per method: training seconds (mean per adapter), the ratio to plain LoRA's, and what it
-    holds in memory beyond LoRA. Recovery's one-off realignment is shared by its ``n_adapters``
-    fine-tunes; steering's "training" is fitting and calibrating the gate; the oracle's, its
-    validation measurements (one removal per module)."""
-    lora_s = float(table[table.method == "LoRA"].train_s.mean())
+    """Per method: training seconds per adapter and the ratio to plain LoRA's, and what it holds
+    in memory beyond LoRA. A fine-tune's seconds are ``n_steps`` times its measured step time
+    (:func:`step_seconds`); recovery adds its one-off realignment, shared by its ``n_adapters``
+    fine-tunes; steering's "training" is fitting and calibrating the gate (``train_s`` of its
+    rows); the oracle's, its validation measurements (one removal per module)."""
+    lora_s = n_steps * step_s["LoRA"]
+    seconds = {
+        "LoRA": lora_s,
+        "safety data": n_steps * step_s["safety data"],
+        "recovery": lora_s + realign_seconds / n_adapters,
+        "constrained": n_steps * step_s["constrained"],
+        "conditional steering": float(table[table.method == "conditional steering"].train_s.mean()),
+        "steering always": 0.0,
+        "oracle k": float(sweep.search_s.mean()),
+    }
     extra = {
         "LoRA": "-",
         "safety data": "nothing (more examples, same steps)",
@@ -765,22 +837,15 @@ def cost_table(
         "steering always": "a direction (1 vector of the hidden size)",
         "oracle k": "nothing at inference (fewer modules); the search needs the evaluation data",
     }
-    rows = []
-    for m in ("LoRA", *METHODS):
-        g = table[table.method == m]
-        seconds = float(g.train_s.mean())
-        if m == "recovery":
-            seconds += realign_seconds / n_adapters
-        if m == "oracle k":
-            seconds = float(sweep.search_s.mean())
-        rows.append(
-            {
-                "method": m,
-                "seconds per adapter": seconds,
-                "ratio to LoRA": seconds / lora_s,
-                "memory beyond LoRA": extra[m],
-            }
-        )
+    rows = [
+        {
+            "method": m,
+            "seconds per adapter": seconds[m],
+            "ratio to LoRA": seconds[m] / lora_s,
+            "memory beyond LoRA": extra[m],
+        }
+        for m in ("LoRA", *METHODS)
+    ]
     return pd.DataFrame(rows).set_index("method").round(3)
 
 
