@@ -158,3 +158,21 @@ def test_the_synthesis_reads_and_counts_notebook_06():
     assert counts["n_verdicts"] == 2 and counts["n_held"] == 1 and counts["n_worse"] == 1
     table = synthesis.testbed_table({"06": m06})
     assert table.loc[("safety data", "skill_mixed"), "verdict"] == "holds"
+
+
+def test_the_synthesis_table_of_notebook_06_reads_its_keys():
+    m06 = {
+        "harmful_rate_lora_skill_mixed": 0.6,
+        "harmful_rate_lora_skill_mixed_sd": 0.1,
+        "harmful_rate_safety_data_skill_mixed": 0.1,
+        "utility_safety_data_skill_mixed": 0.88,
+        "train_time_ratio_safety_data_vs_lora": 1.02,
+        "verdict_safety_data": 1.0,
+        "verdict_recovery": -2.0,
+    }
+    t = synthesis.keep_safety_table({"06": m06})
+    assert t.loc["plain LoRA", "harmful rate"] == "0.600 ± 0.100"
+    assert t.loc["safety data", "verdict"] == "holds"
+    assert t.loc["safety data", "training time vs LoRA"] == 1.02
+    assert t.loc["recovery examples", "verdict"] == "worse"
+    assert synthesis.keep_safety_table({"06": {"n_seeds": 2.0}}).empty  # a hub profile's 06

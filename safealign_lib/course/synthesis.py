@@ -197,6 +197,63 @@ def testbed_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["method", "condition"]).round(3)
 
 
+# notebook 06's methods (method -> metric-key name), in its table's order
+KEEP_SAFETY = {
+    "safety data": "safety_data",
+    "recovery examples": "recovery",
+    "constrained objective": "constrained",
+    "conditional steering": "steer_conditional",
+    "steering always": "steer_always",
+    "oracle k (an upper bound)": "oracle_k",
+}
+
+
+def keep_safety_table(
+    metrics: Mapping[str, Mapping[str, float]], condition: str = "skill_mixed"
+) -> pd.DataFrame:
+    """Notebook 06 in one table: per method, the verdict, the harmful rate (mean ± sd) on held-out
+    and on unseen harmful tasks, utility and benign answers beside LoRA's, and the training time
+    as a ratio to plain LoRA's; the chat model and LoRA as the first rows. Empty when notebook
+    06 recorded no testbed (hub profiles)."""
+    m = metrics.get("06", {})
+    c = condition
+    if f"harmful_rate_lora_{c}" not in m:
+        return pd.DataFrame()
+    rows = [
+        {
+            "method": "chat model (no fine-tune)",
+            "harmful rate": _mean_sd(metrics, "06", f"harmful_rate_chat_{c}"),
+            "unseen tasks": _get(metrics, "06", "harmful_rate_unseen_chat"),
+            "utility": _get(metrics, "06", f"utility_chat_{c}"),
+            "benign answers": _get(metrics, "06", f"benign_answer_rate_chat_{c}"),
+            "training time vs LoRA": math.nan,
+            "verdict": "reference",
+        },
+        {
+            "method": "plain LoRA",
+            "harmful rate": _mean_sd(metrics, "06", f"harmful_rate_lora_{c}"),
+            "unseen tasks": _get(metrics, "06", f"harmful_rate_unseen_lora_{c}"),
+            "utility": _get(metrics, "06", f"utility_lora_{c}"),
+            "benign answers": _get(metrics, "06", f"benign_answer_rate_lora_{c}"),
+            "training time vs LoRA": 1.0,
+            "verdict": "reference",
+        },
+    ]
+    for name, slug in KEEP_SAFETY.items():
+        rows.append(
+            {
+                "method": name,
+                "harmful rate": _mean_sd(metrics, "06", f"harmful_rate_{slug}_{c}"),
+                "unseen tasks": _get(metrics, "06", f"harmful_rate_unseen_{slug}_{c}"),
+                "utility": _get(metrics, "06", f"utility_{slug}_{c}"),
+                "benign answers": _get(metrics, "06", f"benign_answer_rate_{slug}_{c}"),
+                "training time vs LoRA": _get(metrics, "06", f"train_time_ratio_{slug}_vs_lora"),
+                "verdict": _LABEL.get(_get(metrics, "06", f"verdict_{slug}"), "—"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("method").round(3)
+
+
 def verdict_keys(metrics: Mapping[str, Mapping[str, float]]) -> list[tuple[str, str]]:
     """(notebook, key) of every recorded verdict: the papers' regimes (``verdict_<m>``) and the
     testbed's (the one criterion's codes: ``verdict_<m>_testbed`` in notebooks 03 and 05,
