@@ -67,3 +67,14 @@ def test_two_runs_never_share_kernel_sockets():
         assert a.KernelManager.transport == "ipc"
         assert a.KernelManager.ip != b.KernelManager.ip
         assert os.path.isabs(a.KernelManager.ip)
+
+
+def test_the_runner_s_wall_time_replaces_the_notebook_s(tmp_path):
+    from safealign_lib.course import metrics_io
+
+    mfile = tmp_path / "metrics.json"
+    metrics_io.record("04", {"wall_s": 6.5, "x": 1.0}, mfile, strict=False)
+    metrics_io.record_wall_time("04", 14.1, mfile)
+    assert metrics_io.load(mfile)["04"] == {"wall_s": 14.1, "x": 1.0}
+    with pytest.raises(KeyError, match="recorded no metrics"):
+        metrics_io.record_wall_time("05", 1.0, mfile)

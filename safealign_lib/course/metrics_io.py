@@ -115,6 +115,18 @@ def record_provenance(
     _write_all(p, data)
 
 
+def record_wall_time(notebook: str, seconds: float, path: str | os.PathLike | None = None) -> None:
+    """Set ``notebook``'s ``wall_s`` to the runner's measurement (kernel start-up, imports and
+    every cell), replacing the notebook's own (time since its set-up cell): one meaning of
+    ``wall_s`` in every metrics file the course runner writes (issue 24)."""
+    p = metrics_path(path)
+    data = _load_all(p)
+    if notebook not in data:
+        raise KeyError(f"Notebook {notebook} recorded no metrics in {p}; nothing to time.")
+    data[notebook]["wall_s"] = float(seconds)
+    _write_all(p, data)
+
+
 def record(
     notebook: str,
     values: dict[str, float],

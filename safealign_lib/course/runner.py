@@ -22,7 +22,12 @@ from safealign_lib import worklog
 from safealign_lib.config import REPO_ROOT, build_dir
 from safealign_lib.course import provenance
 from safealign_lib.course.contract import HEADLINES, REQUIRED
-from safealign_lib.course.metrics_io import check_output_path, load, record_provenance
+from safealign_lib.course.metrics_io import (
+    check_output_path,
+    load,
+    record_provenance,
+    record_wall_time,
+)
 from safealign_lib.course.setup import _assigned
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -239,6 +244,8 @@ def run_course(
         records.append(run_notebook(nb, params, out_dir, timeout_s))
         if records[-1].number in load(mfile):  # a notebook without metrics has no provenance
             record_provenance(records[-1].number, provenance.collect(profile, params), mfile)
+            # one meaning of wall_s: the runner's (kernel start-up and imports included)
+            record_wall_time(records[-1].number, records[-1].wall_s, mfile)
         head = headline_text(records[-1].number, load(mfile))
         print(f"  done in {records[-1].wall_s:.1f} s{': ' + head if head else ''}", flush=True)
     return records
