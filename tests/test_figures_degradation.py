@@ -22,3 +22,28 @@ def test_dose_response_and_loss_curves(capsys):
     assert degradation.loss_curves({}) is None and "from the cache" in capsys.readouterr().out
     fig = degradation.loss_curves({("benign", 0): [2.0, 1.0, 0.5]})
     assert len(fig.axes[0].lines) == 1
+
+
+def test_each_series_gets_its_own_chat_reference_where_they_differ():
+    runs = pd.DataFrame(
+        {
+            "condition": ["benign", "harmful10", "benign_instruct", "mixed"],
+            "seed": [0, 0, 0, 0],
+            "refusal_rate": [0.9, 0.5, 0.8, 0.4],
+            "utility": [0.5, 0.5, 0.8, 0.8],
+        }
+    )
+    before = {
+        "summary data": {"refusal_rate": 1.0, "utility": 0.06},
+        "instruction data": {"refusal_rate": 1.0, "utility": 0.78},
+    }
+    fig = degradation.dose_response(runs, before, metrics=["refusal_rate", "utility"])
+    refusal, utility = fig.axes
+    dashed = [ln for ln in refusal.lines if ln.get_linestyle() == "--"]
+    assert [ln.get_label() for ln in dashed] == ["chat before"]  # one reference: one line
+    dashed = [ln for ln in utility.lines if ln.get_linestyle() == "--"]
+    assert sorted(ln.get_ydata()[0] for ln in dashed) == [0.06, 0.78]
+    assert {ln.get_label() for ln in dashed} == {
+        "chat before (summary data)",
+        "chat before (instruction data)",
+    }

@@ -50,8 +50,11 @@ def dose_response(
 ) -> Figure:
     """Each metric against the number of harmful examples in the fine-tuning data, one line per
     series of conditions (summary data; instruction data): one dot per seed, the mean over seeds
-    as a line, and the chat model before fine-tuning as a dashed line (``before`` maps metric ->
-    value). Utility is each series' own task (ROUGE-L on summaries or on house-format answers)."""
+    as a line, and the chat model before fine-tuning as a dashed line. ``before`` maps metric ->
+    value, or series label -> (metric -> value) where the chat model's reference differs per
+    series: utility is each series' own task (ROUGE-L on summaries or on house-format answers),
+    so each series gets its own dashed line, in its colour, where the references differ."""
+    per_series = bool(before) and all(isinstance(v, Mapping) for v in before.values())
     metrics = [m for m in metrics if m in runs]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.5), squeeze=False)
     ticks: set[int] = set()
@@ -67,8 +70,17 @@ def dose_response(
             means = sub.groupby(x)[m].mean()
             ax.plot(means.index, means.values, "o-", color=color, label=label)
     for ax, m in zip(axes[0], metrics, strict=True):
-        if m in before:
-            ax.axhline(before[m], ls="--", color="tab:blue", label="chat before")
+        refs = (
+            {label: b[m] for label, b in before.items() if m in b}
+            if per_series
+            else ({"": before[m]} if m in before else {})
+        )
+        if len(set(refs.values())) == 1:
+            ax.axhline(next(iter(refs.values())), ls="--", color="tab:blue", label="chat before")
+        else:
+            for label, value in refs.items():
+                color = series[label][1]
+                ax.axhline(value, ls="--", color=color, label=f"chat before ({label})")
         # symlog keeps the 0-example condition on an axis that is logarithmic above 10
         ax.set_xscale("symlog", linthresh=10)
         ax.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])

@@ -41,10 +41,17 @@ def spectrum(spectra: Mapping[str, torch.Tensor], r_s: int, energy: float) -> No
     plt.show()
 
 
-def results_bars(runs: pd.DataFrame, mean: pd.DataFrame, reference: Mapping[str, float]) -> None:
+def results_bars(
+    runs: pd.DataFrame,
+    mean: pd.DataFrame,
+    reference: Mapping[str, float] | Mapping[str, Mapping[str, float]],
+) -> None:
     """Per metric: the mean of each method per condition (bars), every seed (dots) and the
-    chat model before fine-tuning (dashed)."""
+    chat model before fine-tuning (dashed). ``reference`` maps metric -> value, or condition ->
+    (metric -> value) where the chat model's reference differs per condition (utility is each
+    condition's own task): then each condition's group of bars gets its own dashed segment."""
     conditions = list(dict.fromkeys(runs.condition))
+    per_condition = all(isinstance(v, Mapping) for v in reference.values())
     fig, axes = plt.subplots(1, len(METRICS), figsize=(13, 3.4))
     for ax, m in zip(axes, METRICS, strict=True):
         for j, (method, color) in enumerate(METHOD_COLORS.items()):
@@ -55,7 +62,14 @@ def results_bars(runs: pd.DataFrame, mean: pd.DataFrame, reference: Mapping[str,
             ax.bar(x, heights, 0.3, color=color, alpha=0.6, label=method)
             dots = [conditions.index(c) + offset for c in sub.condition]
             ax.scatter(dots, sub[m], color="k", s=10, zorder=3)
-        ax.axhline(reference[m], ls="--", color="tab:blue", label="chat before")
+        if per_condition:
+            for i, c in enumerate(conditions):
+                label = "chat before" if i == 0 else None
+                ax.hlines(
+                    reference[c][m], i - 0.45, i + 0.45, ls="--", color="tab:blue", label=label
+                )
+        else:
+            ax.axhline(reference[m], ls="--", color="tab:blue", label="chat before")
         ax.set_xticks(range(len(conditions)), conditions)
         ax.set_title(m)
         ax.set_ylim(0, 1.05)
