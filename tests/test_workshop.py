@@ -168,6 +168,13 @@ def _verdict_unpaired(lora, method, min_lora, n_se):
     return int(np.mean(method) - np.mean(lora) <= -n_se * se)
 
 
+def _verdict_no_one_seed_guard(lora, method, min_lora, n_se):
+    if np.mean(lora) < min_lora:
+        return -1
+    d = np.subtract(method, lora)
+    return int(d.mean() <= -n_se * d.std(ddof=1) / np.sqrt(len(d)))  # NaN when one seed
+
+
 def _verdict_population_sd(lora, method, min_lora, n_se):
     if np.mean(lora) < min_lora:
         return -1
@@ -233,6 +240,7 @@ WRONG: dict[str, list[tuple[Callable, str]]] = {
     "check_paired_verdict": [
         (_verdict_unpaired, "an unpaired standard error"),
         (_verdict_population_sd, "ddof=1"),
+        (_verdict_no_one_seed_guard, "guard one seed"),
     ],
     "check_safety_mixer": [
         (_mixer_appends, "shuffle the mix"),

@@ -405,11 +405,18 @@ def check_paired_verdict(fn: Callable[[list[float], list[float], float, float], 
     """``fn(lora, method, min_lora, n_se) -> 1 | 0 | -1``: per-seed harmful rates paired by
     seed; void (−1) if LoRA's mean is below ``min_lora``; holds (1) if the mean paired
     difference method − lora is at most −``n_se`` standard errors (sample sd / √n); else 0."""
+    import warnings
+
     for lora, method, want, why in VERDICT_CASES:
         try:
-            got = int(fn(list(lora), list(method), 0.15, 2.0))
+            # a standard error from one difference is NaN with a warning (ddof=1): as an error
+            # here, so that a missing one-seed guard is caught, not hidden by a NaN comparison
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                got = int(fn(list(lora), list(method), 0.15, 2.0))
         except Exception as err:
-            return _report("paired verdict", False, f"raised {type(err).__name__}: {err}")
+            hint = " (guard one seed: no standard error from one difference)" * (len(lora) == 1)
+            return _report("paired verdict", False, f"raised {type(err).__name__}: {err}{hint}")
         if got != want:
             return _report(
                 "paired verdict",
