@@ -20,8 +20,18 @@ def test_dose_response_and_loss_curves(capsys):
     assert list(ax.lines[0].get_xdata()) == [0, 10, 100]
     assert list(ax.lines[0].get_ydata()) == [0.9, 0.5, 0.1]
     assert degradation.loss_curves({}) is None and "from the cache" in capsys.readouterr().out
-    fig = degradation.loss_curves({("benign", 0): [2.0, 1.0, 0.5]})
-    assert len(fig.axes[0].lines) == 1
+    curves = {
+        ("benign", 0): [2.0, 1.0, 0.5],
+        ("benign", 1): [2.2, 1.2, 0.7],
+        ("harmful10", 0): [3.0],
+    }
+    fig = degradation.loss_curves(curves, window=1)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3 + 2  # every seed thin, one mean per condition
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["benign (2 seeds)", "harmful10 (1 seed)"]  # one entry per condition
+    mean = [ln for ln in ax.lines if ln.get_label() == "benign (2 seeds)"][0]
+    assert list(mean.get_ydata()) == [2.1, 1.1, 0.6]
 
 
 def test_each_series_gets_its_own_chat_reference_where_they_differ():

@@ -176,3 +176,23 @@ def test_the_synthesis_table_of_notebook_06_reads_its_keys():
     assert t.loc["safety data", "training time vs LoRA"] == 1.02
     assert t.loc["recovery examples", "verdict"] == "worse"
     assert synthesis.keep_safety_table({"06": {"n_seeds": 2.0}}).empty  # a hub profile's 06
+
+
+def test_the_synthesis_map_marks_each_method_by_its_verdict():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from safealign_lib.course.figures import synthesis as figures
+
+    m06 = {
+        "harmful_rate_safety_data_skill_mixed": 0.1,
+        "utility_safety_data_skill_mixed": 0.88,
+        "verdict_safety_data": 1.0,
+        "harmful_rate_lora_skill_mixed": 0.6,
+        "utility_lora_skill_mixed": 0.89,
+        "utility_chat_skill_mixed": 0.3,
+    }
+    fig = figures.testbed_map({"06": m06})
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "safety data: holds" in labels and "plain LoRA (reference)" in labels
+    assert figures.testbed_map({"06": {"n_seeds": 2.0}}) is None

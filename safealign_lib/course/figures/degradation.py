@@ -25,13 +25,22 @@ def loss_curves(
             "All adapters came from the cache (build/adapters); pass retrain=True to train again."
         )
         return None
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for (c, s), curve in losses.items():
-        smooth = pd.Series(curve).rolling(window, min_periods=1).mean()
-        ax.plot(smooth, label=f"{c} s{s}", alpha=0.7)
+    conditions = list(dict.fromkeys(c for c, _ in losses))
+    colors = dict(zip(conditions, plt.get_cmap("tab10").colors, strict=False))
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for c in conditions:
+        curves = [pd.Series(v) for (cc, _), v in losses.items() if cc == c]
+        smooth = [x.rolling(window, min_periods=1).mean() for x in curves]
+        for x in smooth:  # every seed, thin; the mean over seeds, thick
+            ax.plot(x, color=colors[c], alpha=0.25, lw=0.8)
+        mean = pd.concat(smooth, axis=1).mean(axis=1)
+        n = len(curves)
+        ax.plot(mean, color=colors[c], lw=2, label=f"{c} ({n} seed{'s' * (n != 1)})")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (smoothed)")
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_title("Training loss per condition: mean over seeds (thick), each seed (thin)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
     return fig
 
 
