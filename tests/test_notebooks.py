@@ -32,9 +32,11 @@ def test_notebooks_stay_thin():
     # notebook that judges a method (01, 03, 05, 07), with the guard that skips it on hub
     # models, and 01's prefilling test with its figure (785 lines when this budget was set),
     # + 190 for notebook 06 (issue 23): four methods each trained or built once in visible
-    # cells before the library loop, three exercises, the power control (974 lines then)
+    # cells before the library loop, three exercises, the power control (974 lines then),
+    # + 10 for the chat model's reference on each task in 01's and 03's figures and notebook
+    # 07's figure (992 lines then)
     total = sum(nbtools.code_lines(p) for p in NOTEBOOKS)
-    assert total <= 990, f"{total} code lines in the notebooks (budget 990)"
+    assert total <= 1000, f"{total} code lines in the notebooks (budget 1000)"
 
 
 def test_shape_check_catches_problems(tmp_path):
