@@ -187,12 +187,15 @@ def _what_cannot_travel(fn: Callable, job: tuple) -> str:
 
 
 def map_jobs(
-    fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]], workers: int | None = None
+    fn: Callable[..., T],
+    jobs: Sequence[tuple[Any, ...]],
+    workers: int | None = None,
+    device: str = "cpu",
 ) -> list[T]:
     """``[fn(*job) for job in jobs]``, up to ``workers`` at once (default:
-    :func:`default_workers`); results in the order of ``jobs``. The first job that raises
-    stops the others from starting, and its exception is raised here."""
-    workers = default_workers() if workers is None else workers
+    :func:`default_workers` for ``device``); results in the order of ``jobs``. The first job
+    that raises stops the others from starting, and its exception is raised here."""
+    workers = default_workers(device) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}.")
     jobs = [tuple(j) for j in jobs]

@@ -454,10 +454,9 @@ def run_testbed(
 
     def compute() -> tuple[pd.DataFrame, pd.DataFrame]:
         jobs = [(profile, tokenizer, evaluator, c, s, split, root) for c, s in pairs]
-        n = pool.default_workers(profile.device) if workers is None else workers
         rows, removal = [], []
         for (c, s), (summary, table) in zip(
-            pairs, pool.map_jobs(_testbed_job, jobs, n), strict=True
+            pairs, pool.map_jobs(_testbed_job, jobs, workers, profile.device), strict=True
         ):
             rows.append({"condition": c, "seed": s, **summary})
             removal.append(table.assign(condition=c, seed=s))
@@ -567,8 +566,7 @@ def run_prefill(
         prompts = testbed.harmful_set(profile, split)
         prefixes = prefill.base_prefixes(base, tokenizer, prompts, max(ns))
         jobs = [(profile, tokenizer, c, s, prompts, prefixes, tuple(ns), root) for c, s in units]
-        n = pool.default_workers(profile.device) if workers is None else workers
-        rows = [r for rs in pool.map_jobs(_prefill_job, jobs, n) for r in rs]
+        rows = [r for rs in pool.map_jobs(_prefill_job, jobs, workers, profile.device) for r in rs]
         return (pd.DataFrame(rows),)
 
     folder = cache.folder_for(profile.name, "prefill", spec)

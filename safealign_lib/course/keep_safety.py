@@ -205,6 +205,15 @@ def _stamp_seconds(path: Path) -> float:
     return float(json.loads((path / "safealign_run.json").read_text())["result"]["seconds"])
 
 
+def _eval_spec(evaluator: Evaluator, profile: Profile) -> dict[str, list]:
+    """What a cached measurement's key holds of the evaluation: the judge, the generation length,
+    the exact judge and the prompt-set sizes."""
+    return {
+        "evaluator": [evaluator.judge, evaluator.max_new_tokens, evaluator.exact],
+        "eval": [profile.n_eval, profile.n_task_eval],
+    }
+
+
 def run_trained(
     profile: Profile,
     tokenizer: PreTrainedTokenizerBase,
@@ -225,17 +234,17 @@ def run_trained(
     spec = {
         "adapters": [_adapter_key(m, c, s, profile, choices, realigned) for m, c, s in units],
         "split": split,
-        "evaluator": [evaluator.judge, evaluator.max_new_tokens, evaluator.exact],
-        "eval": [profile.n_eval, profile.n_task_eval],
+        **_eval_spec(evaluator, profile),
         "code": cache.source_digest(testbed, skill_scoring, generation),
     }
 
     def compute() -> tuple[pd.DataFrame]:
         jobs = [(profile, tokenizer, evaluator, *u, choices, realigned, split) for u in units]
-        n = pool.default_workers(profile.device) if workers is None else workers
         rows = [
             {"method": m, "condition": c, "seed": s, **row}
-            for (m, c, s), row in zip(units, pool.map_jobs(_trained_job, jobs, n), strict=True)
+            for (m, c, s), row in zip(
+                units, pool.map_jobs(_trained_job, jobs, workers, profile.device), strict=True
+            )
         ]
         return (pd.DataFrame(rows),)
 
@@ -415,15 +424,13 @@ def run_steering(
         ],
         "max_false_flags": choices.max_false_flags,
         "split": split,
-        "evaluator": [evaluator.judge, evaluator.max_new_tokens, evaluator.exact],
-        "eval": [profile.n_eval, profile.n_task_eval],
+        **_eval_spec(evaluator, profile),
         "code": cache.source_digest(testbed, conditional, rd, generation),
     }
 
     def compute() -> tuple[pd.DataFrame]:
         jobs = [(profile, tokenizer, evaluator, behaviour, c, s, choices, split) for c, s in units]
-        n = pool.default_workers(profile.device) if workers is None else workers
-        rows = [r for rs in pool.map_jobs(_steering_job, jobs, n) for r in rs]
+        rows = [r for rs in pool.map_jobs(_steering_job, jobs, workers, profile.device) for r in rs]
         return (pd.DataFrame(rows),)
 
     folder = cache.folder_for(profile.name, "keep_safety_steering", spec)
@@ -490,15 +497,13 @@ def run_oracle(
     spec = {
         "adapters": [conditions.adapter_key(c, s, profile) for c, s in units],
         "grid": list(choices.oracle_k_grid),
-        "evaluator": [evaluator.judge, evaluator.max_new_tokens, evaluator.exact],
-        "eval": [profile.n_eval, profile.n_task_eval],
+        **_eval_spec(evaluator, profile),
         "code": cache.source_digest(testbed, generation),
     }
 
     def compute() -> tuple[pd.DataFrame, pd.DataFrame]:
         jobs = [(profile, tokenizer, evaluator, c, s, choices) for c, s in units]
-        n = pool.default_workers(profile.device) if workers is None else workers
-        done = pool.map_jobs(_oracle_job, jobs, n)
+        done = pool.map_jobs(_oracle_job, jobs, workers, profile.device)
         return (
             pd.concat([d[0] for d in done], ignore_index=True),
             pd.concat([d[1] for d in done], ignore_index=True),
@@ -565,8 +570,7 @@ def oracle_test(
         "effects": hashlib.sha256(effects.to_csv().encode()).hexdigest()[:12],
         "k": k,
         "n_random_sets": choices.n_random_sets,
-        "evaluator": [evaluator.judge, evaluator.max_new_tokens, evaluator.exact],
-        "eval": [profile.n_eval, profile.n_task_eval],
+        **_eval_spec(evaluator, profile),
         "code": cache.source_digest(testbed, generation),
     }
 
@@ -575,8 +579,7 @@ def oracle_test(
         for c, s in units:
             mine = effects[(effects.condition == c) & (effects.seed == s)]
             jobs.append((profile, tokenizer, evaluator, c, s, list(mine.module), k, choices))
-        n = pool.default_workers(profile.device) if workers is None else workers
-        done = pool.map_jobs(_oracle_test_job, jobs, n)
+        done = pool.map_jobs(_oracle_test_job, jobs, workers, profile.device)
         return pd.DataFrame([d[0] for d in done]), pd.DataFrame([d[1] for d in done])
 
     folder = cache.folder_for(profile.name, "keep_safety_oracle_test", spec)

@@ -1036,8 +1036,7 @@ def testbed_runs(
 
     def compute() -> tuple[pd.DataFrame]:
         jobs = [(profile, tokenizer, evaluator, safety, task_feats, r_t, *u, split) for u in units]
-        n = pool.default_workers(profile.device) if workers is None else workers
-        rows = pool.map_jobs(_testbed_job, jobs, n)
+        rows = pool.map_jobs(_testbed_job, jobs, workers, profile.device)
         return (pd.DataFrame(rows),)
 
     folder = cache.folder_for(profile.name, "testbed_salora", spec)
