@@ -191,24 +191,33 @@ def test_shipped_baselines_hold_every_recorded_key_or_say_why():
         assert not unexplained, f"baselines/{profile}.json lacks {unexplained[:5]}"
 
 
+def _plant(tmp_path, monkeypatch, code: str):
+    """A ``sitecustomize`` running ``code`` in every kernel and pool worker the test starts (on
+    PYTHONPATH); returns the file the hook writes, proof that the change was planted."""
+    hook, marker = tmp_path / "hook", tmp_path / "kernel_was_patched"
+    hook.mkdir()
+    body = (
+        textwrap.dedent(code) + f"\nimport pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n"
+    )
+    (hook / "sitecustomize.py").write_text(body)
+    old = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), old])))
+    return marker
+
+
 @pytest.mark.notebook
 def test_a_judge_that_never_refuses_fails_the_smoke_regression(tmp_path, monkeypatch):
     """A real fault, injected into the notebook's kernel (not an edited number): a
     ``sitecustomize`` on the kernel's PYTHONPATH makes the keyword judge never refuse."""
-    hook, marker = tmp_path / "hook", tmp_path / "kernel_was_patched"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        textwrap.dedent(f"""
-        import pathlib
-
+    marker = _plant(
+        tmp_path,
+        monkeypatch,
+        """
         from safealign_lib.evaluation import judges
 
         judges.KeywordJudge.__call__ = lambda self, prompts, responses: [False] * len(responses)
-        pathlib.Path({str(marker)!r}).write_text("patched")
-        """)
+        """,
     )
-    old = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), old])))
     mfile = tmp_path / "metrics.json"
     nb = runner.list_notebooks(["00"])[0]
     runner.run_notebook(nb, {"profile": "smoke", "metrics_file": str(mfile)}, tmp_path, 600)
@@ -224,20 +233,15 @@ def test_a_planted_learning_rate_change_fails_the_smoke_regression(tmp_path, mon
     """Issue 25: the tolerances are not so loose that a real training change passes. The
     learning rate of one condition (harmful10) is planted at 1.5x in the kernel and in its pool
     workers (a ``sitecustomize``, as above) and notebook 01 runs from an empty build folder."""
-    hook, marker = tmp_path / "hook", tmp_path / "kernel_was_patched"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        textwrap.dedent(f"""
-        import pathlib
-
+    marker = _plant(
+        tmp_path,
+        monkeypatch,
+        """
         from safealign_lib.course import conditions
 
         conditions.LR_SCALE["harmful10"] = 1.5
-        pathlib.Path({str(marker)!r}).write_text("patched")
-        """)
+        """,
     )
-    old = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), old])))
     monkeypatch.setenv("SAFEALIGN_BUILD", str(tmp_path / "build"))
     mfile = tmp_path / "metrics.json"
     nb = runner.list_notebooks(["01"])[0]

@@ -29,6 +29,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -368,7 +369,7 @@ def evaluate_steered(
             sub = [p for p, f in zip(prompts, flags, strict=True) if f == value]
             if not sub:
                 continue
-            with behaviour.added(model) if value else _nothing():
+            with behaviour.added(model) if value else nullcontext():
                 if name == "skill":
                     scores = testbed.skill_scores(model, tok, sub, evaluator.batch_size)
                     skill_parts.append((len(sub), scores))
@@ -389,14 +390,6 @@ def evaluate_steered(
     for q in ("utility", "well_formed_rate", "format_rate"):
         out[q] = float(sum(n * s[q] for n, s in skill_parts) / total)
     return out
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def run_steering(
