@@ -51,7 +51,7 @@ lint: setup
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/nbstripout --verify --keep-id $(NOTEBOOKS)
-	$(BIN)/python -m safealign_lib.course.nbtools check $(NOTEBOOKS)
+	$(BIN)/python -m safealign_lib.tooling.nbtools check $(NOTEBOOKS)
 
 ## Rebuild the data and the organism from the seed (overwrites data/splits and data/organism)
 organism: setup
@@ -72,7 +72,7 @@ site: setup
 
 ## Rewrite the README's results block from baselines/cpu.json (after `make baseline PROFILE=cpu`)
 readme: setup
-	$(BIN)/python -m safealign_lib.course.synthesis --readme README.md --baseline baselines/cpu.json
+	$(BIN)/python -m safealign_lib.studies.synthesis --readme README.md --baseline baselines/cpu.json
 
 ## Strip outputs from the committed notebooks
 strip: setup

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from safealign_lib.course import runner
+from safealign_lib.tooling import runner
 nb = runner.list_notebooks([sys.argv[1]])[0]
 t0 = time.perf_counter()
 params = {"profile": sys.argv[2], "metrics_file": sys.argv[3]}
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="delete build/adapters first (cold cache)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from safealign_lib.course import runner
+    from safealign_lib.tooling import runner
 
     if args.fresh:
         shutil.rmtree(ROOT / "build" / "adapters" / args.profile, ignore_errors=True)

@@ -21,9 +21,9 @@ import torch
 
 from safealign_lib import data
 from safealign_lib.adapters.finetune import load_adapter
-from safealign_lib.course import conditions
 from safealign_lib.course.profiles import get_profile
 from safealign_lib.models import generation, load_model, load_tokenizer
+from safealign_lib.studies import conditions
 
 
 def main() -> None:

@@ -24,10 +24,10 @@ import torch
 
 from safealign_lib.adapters.constrained import Constraint, constrained_objective
 from safealign_lib.adapters.finetune import add_lora, answer_loss
-from safealign_lib.course import conditions
 from safealign_lib.course.profiles import get_profile
 from safealign_lib.models import load_model, load_tokenizer
 from safealign_lib.models.chat import collate, padding_id, tokenize_example
+from safealign_lib.studies import conditions
 
 CONDITION = "skill_mixed"
 

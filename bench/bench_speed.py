@@ -33,7 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safealign_lib.course.breakdown import notebook_times  # noqa: E402
+from safealign_lib.tooling.breakdown import notebook_times  # noqa: E402
 
 BUSY = "import time\nend = time.time() + {s}\nwhile time.time() < end:\n    pass\n"
 
@@ -86,7 +86,7 @@ def run_course(
     cmd = [
         sys.executable,
         "-c",
-        "import sys; from safealign_lib.course.cli import main; sys.exit(main())",
+        "import sys; from safealign_lib.tooling.cli import main; sys.exit(main())",
         "course",
         "run",
         "--profile",

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from safealign_lib import worklog  # noqa: E402
 from safealign_lib.config import organism_dir  # noqa: E402
-from safealign_lib.course.breakdown import notebook_times  # noqa: E402
+from safealign_lib.tooling.breakdown import notebook_times  # noqa: E402
 
 # forward FLOPs per token, as a multiple of 2 x the dense multiply-adds
 PASSES = {"training": 2.0, "generation": 1.0, "forward": 1.0}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from safealign_lib.adapters.finetune import add_lora, train
-from safealign_lib.course import conditions
 from safealign_lib.course.profiles import get_profile
 from safealign_lib.models.loading import load_model, load_tokenizer
+from safealign_lib.studies import conditions
 
 
 def finetune_job(seed: int, steps: int) -> float:

@@ -20,9 +20,9 @@ import torch
 from safealign_lib import data, models
 from safealign_lib.adapters import finetune
 from safealign_lib.config import build_dir
-from safealign_lib.course import conditions
 from safealign_lib.course.profiles import get_profile
 from safealign_lib.evaluation import Evaluator
+from safealign_lib.studies import conditions
 
 
 def main() -> None:

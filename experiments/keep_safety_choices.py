@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 
 from safealign_lib import data, models
-from safealign_lib.course import keep_safety, testbed
 from safealign_lib.course.profiles import get_profile
 from safealign_lib.evaluation import Evaluator, prefill
 from safealign_lib.methods import deep_alignment
+from safealign_lib.studies import keep_safety, testbed
 
 CONDITION = "skill_mixed"
 

@@ -36,10 +36,10 @@ import torch
 
 from safealign_lib import config, data, models
 from safealign_lib.config import LoraSettings
-from safealign_lib.course import conditions, profiles
+from safealign_lib.course import profiles
 from safealign_lib.evaluation import Evaluator
-from safealign_lib.methods import repair
 from safealign_lib.models.chat import ChatExample
+from safealign_lib.studies import conditions, repair
 
 
 def restyled(ex: ChatExample) -> ChatExample:

@@ -5,7 +5,7 @@ For each candidate recipe, in the declared order of :data:`CANDIDATES`, trains t
 seed), measures every testbed check on the *validation* splits (``skill_val``,
 ``harmful_heldout_val``, ``benign_heldout_val``) and prints one row per (recipe, condition).
 The declared rule: the first candidate that meets every check on both conditions becomes
-``course.testbed.RECIPE``; if none does, the one that meets the most checks (first in order on
+``studies.testbed.RECIPE``; if none does, the one that meets the most checks (first in order on
 a tie), labelled as the closest. ``--proxy`` also checks that the fluency proxy can fail: the
 well-formed rate of ``benign_instruct`` adapters (the cpu profile's recipe) with 6 random
 modules removed.
@@ -28,12 +28,11 @@ import torch
 from safealign_lib import data, models
 from safealign_lib.adapters import finetune
 from safealign_lib.config import build_dir
-from safealign_lib.course import conditions
-from safealign_lib.course import testbed as tb
 from safealign_lib.course.profiles import get_profile
 from safealign_lib.evaluation import Evaluator, editability, skill
-from safealign_lib.methods import repair
 from safealign_lib.models.generation import generate
+from safealign_lib.studies import conditions, repair
+from safealign_lib.studies import testbed as tb
 
 CANDIDATES = {
     "R1": tb.Recipe(),  # all seven linear maps, r 8, dropout 0.1, lr 1e-3, 150 steps

@@ -1,25 +1,31 @@
 """safealign_lib: the companion library of the SafeAlign course.
 
-The methods are a library a researcher can import without the course; the course plumbing
-lives apart, in :mod:`safealign_lib.course`.
+The methods are a library a researcher can import without the course; the course lives apart
+in three layers, each importing only the layers above it (``tests/test_layout.py``).
 
 Layout (one module or folder per concept):
 
 - ``config``: settings dataclasses (LoRA, training) and path resolution; no torch.
-- ``data``: the course's generated data (``data.course``) and public-format readers
-  (``data.loaders``: AdvBench, HEx-PHI, Alpaca, BeaverTails, DialogSum).
+- ``data``: one conversation turn (``data.example``), the generated world's words
+  (``data.vocabulary``), the generator (``data.generator``), the splits on disk
+  (``data.splits``), the testbed's skill, safety data and public-format readers
+  (``data.loaders``: AdvBench, HEx-PHI, Alpaca, BeaverTails, DialogSum). No model code.
 - ``models``: loading any causal LM (safetensors only), chat formatting, batched generation,
   and the model organism's builder.
-- ``adapters``: LoRA fine-tuning through peft, adapter files as (A, B, scale) factors,
-  block and module naming, weights streamed from safetensors, forward hooks.
+- ``adapters``: LoRA fine-tuning through peft (any loss; the token-wise constrained objective),
+  adapter files as (A, B, scale) factors, block and module naming, weights streamed from
+  safetensors, forward hooks.
 - ``evaluation``: judges, metrics (refusal rate, first-token refusal probability, ROUGE-L),
-  reliability (AUARC), the :class:`~safealign_lib.evaluation.Evaluator`, seed tables and
-  latency timing.
-- ``interp``: activations, linear probes and the refusal direction.
-- ``methods``: ``salora`` (SaLoRA), ``safelora`` (Safe LoRA), ``splora`` (SPLoRA) with
-  ``diem`` (DIEM and E-DIEM), and ``repair`` (choosing k for a post-hoc repair).
-- ``course``: profiles, notebook set-up, the notebook contract, metrics I/O, the papermill
-  runner, exercise checks, notebook tools, fine-tuning conditions, figures, the CLI.
+  reliability (AUARC), the :class:`~safealign_lib.evaluation.Evaluator`, seed tables, latency
+  timing and the one verdict rule (``evaluation.criterion``).
+- ``interp``: activations, linear probes, the refusal direction and the probe gate.
+- ``methods``: ``salora`` (SaLoRA, a package along PEFT's lines), ``safelora`` (Safe LoRA),
+  ``splora`` (SPLoRA) with ``diem`` (DIEM and E-DIEM), ``deep_alignment`` (recovery examples).
+- ``course``: what a notebook needs at run time: profiles, set-up, the notebook contract,
+  metrics I/O, the measurement cache, exercise checks, plot helpers.
+- ``studies``: the experiment each notebook runs with the methods, and its figures.
+- ``tooling``: the ``safealign`` command, the papermill runner, regression baselines, the site,
+  time breakdowns, notebook checks and the workshop's exercise notebooks.
 
 Vocabulary, used the same way in every module, notebook and document:
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Llama with the course tokenizer (fast, no files needed)."""
+"""Shared fixtures: a tiny random Llama with the course tokenizer (fast, no files needed), and
+the smoke run of every notebook (once per session, from an empty build folder)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,29 @@ def lora_lm(tiny_lm):
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
     return peft_model.eval(), tok
+
+
+@pytest.fixture(scope="session")
+def smoke_build(tmp_path_factory):
+    """The build folder of the session's smoke run: empty when the run starts (a developer's
+    ``build/`` never serves a cached result to ``make test``)."""
+    return tmp_path_factory.mktemp("smoke_build")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, smoke_build):
+    """Every notebook executed by papermill in the smoke profile: (records by number, metrics)."""
+    from safealign_lib.course import metrics_io
+    from safealign_lib.tooling import runner
+
+    out = tmp_path_factory.mktemp("executed")
+    mfile = out / "metrics.json"
+    records = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAFEALIGN_BUILD", str(smoke_build))  # the kernels and their pool workers
+        for nb in runner.list_notebooks():
+            records[nb.name[:2]] = runner.run_notebook(
+                nb, {"profile": "smoke", "metrics_file": str(mfile)}, out, 900
+            )
+    print(runner.summary_table(list(records.values()), mfile))
+    return records, metrics_io.load(mfile)

@@ -10,10 +10,11 @@ from safetensors.torch import save_file
 from safealign_lib import data, evaluation, models
 from safealign_lib.adapters import finetune, lora_io
 from safealign_lib.config import LoraSettings
-from safealign_lib.course import cli, metrics_io, runner, setup
+from safealign_lib.course import metrics_io, setup
 from safealign_lib.data import loaders
 from safealign_lib.evaluation.judges import CallableJudge, ExactJudge, KeywordJudge, Verdict
 from safealign_lib.methods import diem, salora
+from safealign_lib.tooling import cli, runner
 
 
 def _write(path, text, encoding="utf-8"):

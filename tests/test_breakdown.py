@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from safealign_lib.course import breakdown
+from safealign_lib.tooling import breakdown
 
 
 def _executed(path, start, cells):

@@ -55,3 +55,17 @@ def test_the_source_digest_follows_the_code():
     assert cache.source_digest(cache) == cache.source_digest(cache)
     with pytest.raises(TypeError):
         cache.source_digest(a)  # a module without source cannot key a cache
+
+
+def test_a_package_digest_covers_every_module_in_it(tmp_path, monkeypatch):
+    """``methods.salora`` is a package: a change to any of its files is a code change."""
+    pkg = tmp_path / "pkg_digest_demo"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from pkg_digest_demo.inner import f\n")
+    (pkg / "inner.py").write_text("def f():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import pkg_digest_demo
+
+    before = cache.source_digest(pkg_digest_demo)
+    (pkg / "inner.py").write_text("def f():\n    return 2\n")  # __init__.py unchanged
+    assert cache.source_digest(pkg_digest_demo) != before

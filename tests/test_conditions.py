@@ -1,11 +1,13 @@
+import json
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from safealign_lib.adapters.finetune import TrainResult
-from safealign_lib.course import conditions, profiles
+from safealign_lib.course import profiles
 from safealign_lib.models.chat import ChatExample
+from safealign_lib.studies import conditions
 
 
 def test_training_sets_and_cache_keys():
@@ -133,3 +135,44 @@ def test_judge_review_compares_both_keyword_lists_with_the_exact_judge():
     assert confusion.loc["refused", "short: refused"] == 1
     no_verdicts = {k: v.drop(columns="verdict") for k, v in answers.items()}
     assert conditions.judge_review(no_verdicts) == ({}, None)
+
+
+def test_notebook_01s_visible_steps_make_the_loops_adapter(tmp_path):
+    """Issue 24: notebook 01 trains one adapter in visible cells (cached_adapter, add_lora,
+    train, store_adapter); the library loop (get_adapter) then reads it instead of training,
+    and trained by itself it gives the same adapter: same weights, stamp and loss curve."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from safealign_lib import models
+    from safealign_lib.adapters.finetune import add_lora, train
+
+    P = profiles.get_profile("smoke", seeds=[0], n_task_train=24)
+    P = P.with_overrides(train=replace(P.train, steps=3))
+    tok = models.load_tokenizer(P.chat_model)
+    C, S = "harmful10", 0
+    visible, library = tmp_path / "visible", tmp_path / "library"
+
+    # the notebook's cells
+    assert conditions.cached_adapter(C, S, P, root=visible) is None
+    model = add_lora(models.load_model(P.chat_model), conditions.lora_settings(C, P), S)
+    result = train(
+        model, tok, conditions.training_examples(C, P, S), conditions.train_settings(C, P, S)
+    )
+    path = conditions.store_adapter(model, result, C, S, P, root=visible)
+    assert conditions.cached_adapter(C, S, P, root=visible) == path
+    # the loop reads it: nothing trained again, and its loss curve is the one recorded
+    assert conditions.get_adapter(C, S, P, tok, root=visible) == (path, None)
+    assert conditions.stored_losses(path) == result.losses
+
+    # the library path alone
+    lib_path, lib_result = conditions.get_adapter(C, S, P, tok, root=library)
+    assert lib_result is not None and lib_result.losses == result.losses
+    a, b = (load_file(p / "adapter_model.safetensors") for p in (path, lib_path))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    stamp = [json.loads((p / conditions.STAMP).read_text()) for p in (path, lib_path)]
+    assert stamp[0]["key"] == stamp[1]["key"]
+    # another setting is another key: the visible adapter is not read for it
+    other = P.with_overrides(train=replace(P.train, steps=4))
+    assert conditions.cached_adapter(C, S, other, root=visible) is None

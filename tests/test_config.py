@@ -55,16 +55,19 @@ def test_methods_do_not_depend_on_the_course_plumbing():
         "methods.safelora",
         "methods.splora",
         "methods.diem",
-        "methods.repair",
+        "methods.deep_alignment",
         "interp.probes",
-        "interp.transfer",
+        "interp.refusal_direction",
+        "interp.conditional",
+        "data",
         "evaluation",
         "adapters.finetune",
     ]
     code = (
         "import sys\n"
         + "".join(f"import safealign_lib.{m}\n" for m in mods)
-        + "print(','.join(m for m in sys.modules if m.startswith('safealign_lib.course')))"
+        + "course = ('safealign_lib.course', 'safealign_lib.studies', 'safealign_lib.tooling')\n"
+        + "print(','.join(m for m in sys.modules if m.startswith(course)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -1,7 +1,7 @@
 import matplotlib
 import pandas as pd
 
-from safealign_lib.course.figures import degradation
+from safealign_lib.studies.figures import degradation
 
 matplotlib.use("Agg")
 

@@ -4,7 +4,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from safealign_lib.course.figures import salora as figures
+from safealign_lib.studies.figures import salora as figures
 
 matplotlib.use("Agg")
 

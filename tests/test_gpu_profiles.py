@@ -15,11 +15,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from safealign_lib import data as course_data
 from safealign_lib.adapters.naming import lora_modules
 from safealign_lib.config import TrainSettings, organism_dir
-from safealign_lib.course import conditions, metrics_io, profiles, synthesis
+from safealign_lib.course import metrics_io, profiles
 from safealign_lib.course.contract import CONTRACTS, REQUIRED
 from safealign_lib.evaluation import Evaluator
-from safealign_lib.methods import repair
 from safealign_lib.models.loading import load_tokenizer
+from safealign_lib.studies import conditions, repair, synthesis
 
 HUB = tuple(profiles.HUB_PAIRS)
 # What the real checkpoints' config.json says on the points the code paths depend on:

@@ -1,13 +1,14 @@
-"""Notebook 06's harness (course/keep_safety.py): the power control, the oracle's k, the metric
+"""Notebook 06's harness (studies/keep_safety.py): the power control, the oracle's k, the metric
 keys, the costs, the profile's choices, and the exercises' checks."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from safealign_lib.course import contract, keep_safety, synthesis
+from safealign_lib.course import contract
 from safealign_lib.course.profiles import get_profile
 from safealign_lib.evaluation.criterion import Criterion, judge_table
+from safealign_lib.studies import keep_safety, synthesis
 
 
 def _lora(harm=(0.6, 0.7, 0.65, 0.72, 0.58)):
@@ -182,7 +183,7 @@ def test_the_synthesis_map_marks_each_method_by_its_verdict():
     import matplotlib
 
     matplotlib.use("Agg")
-    from safealign_lib.course.figures import synthesis as figures
+    from safealign_lib.studies.figures import synthesis as figures
 
     m06 = {
         "harmful_rate_safety_data_skill_mixed": 0.1,

@@ -1,7 +1,7 @@
 """Every notebook: committed clean and in the course's shape; executed by papermill in the
 smoke profile, with the contract's checks (course/contract.py) on the metrics it recorded and
-the smoke regression run (its metrics against baselines/smoke.json, course/regress.py), and the
-static site of that run opened in headless Chromium (course/site.py)."""
+the smoke regression run (its metrics against baselines/smoke.json, tooling/regress.py), and the
+static site of that run opened in headless Chromium (tooling/site.py)."""
 
 import json
 import shutil
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from safealign_lib.course import contract, metrics_io, nbtools, regress, runner, site
+from safealign_lib.course import contract
+from safealign_lib.tooling import nbtools, regress, runner, site
 
 NOTEBOOKS = runner.list_notebooks()
 
@@ -34,9 +35,12 @@ def test_notebooks_stay_thin():
     # + 190 for notebook 06 (issue 23): four methods each trained or built once in visible
     # cells before the library loop, three exercises, the power control (974 lines then),
     # + 10 for the chat model's reference on each task in 01's and 03's figures and notebook
-    # 07's figure (992 lines then)
+    # 07's figure (992 lines then), + 48 for the taught steps shown once in visible cells before
+    # the library loops repeat them (issue 24): 01's one LoRA fine-tune, 05's projection and
+    # pruning of one adapter checked against the sweep's, and the import lines the new layout
+    # split (course, studies) in every notebook (1029 lines then)
     total = sum(nbtools.code_lines(p) for p in NOTEBOOKS)
-    assert total <= 1000, f"{total} code lines in the notebooks (budget 1000)"
+    assert total <= 1040, f"{total} code lines in the notebooks (budget 1040)"
 
 
 def test_shape_check_catches_problems(tmp_path):
@@ -51,19 +55,6 @@ def test_shape_check_catches_problems(tmp_path):
     nb["cells"][2]["source"] = ["def helper(x):\n", "    return x\n"]
     p.write_text(json.dumps(nb))
     assert any("defines a function" in x for x in nbtools.shape_problems(p))
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("executed")
-    mfile = out / "metrics.json"
-    records = {}
-    for nb in NOTEBOOKS:
-        records[nb.name[:2]] = runner.run_notebook(
-            nb, {"profile": "smoke", "metrics_file": str(mfile)}, out, 900
-        )
-    print(runner.summary_table(list(records.values()), mfile))
-    return records, metrics_io.load(mfile)
 
 
 @pytest.mark.notebook

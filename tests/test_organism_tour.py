@@ -3,7 +3,7 @@ import json
 import pandas as pd
 
 from safealign_lib import data
-from safealign_lib.course import organism_tour as organism
+from safealign_lib.studies import organism_tour as organism
 
 
 def _table(refused, probs, prompts=None):

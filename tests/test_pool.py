@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from safealign_lib import pool
-from safealign_lib.course import conditions, salora_study
 from safealign_lib.course.profiles import get_profile
 from safealign_lib.evaluation.evaluator import Evaluator
 from safealign_lib.methods.salora import build_safety_module, collect_layer_inputs
 from safealign_lib.models.loading import load_model, load_tokenizer
+from safealign_lib.studies import conditions, salora_study
 
 
 def _draw(seed: int) -> tuple[float, int]:

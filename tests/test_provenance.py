@@ -1,9 +1,10 @@
-"""Provenance (course/provenance.py) and its place in the metrics file (course/metrics_io.py):
+"""Provenance (tooling/provenance.py) and its place in the metrics file (course/metrics_io.py):
 stored under the reserved ``_provenance`` key, invisible to every metrics reader."""
 
 import json
 
-from safealign_lib.course import metrics_io, provenance
+from safealign_lib.course import metrics_io
+from safealign_lib.tooling import provenance
 
 
 def test_collect_names_commit_versions_models_profile_and_parameters():

@@ -1,4 +1,4 @@
-"""Regression runs (course/regress.py): tolerances, comparison, baselines, the CLI; a real
+"""Regression runs (tooling/regress.py): tolerances, comparison, baselines, the CLI; a real
 injected fault (a keyword judge that never refuses) fails the smoke baseline; the same seeds give
 the same metrics on notebook 01's training path."""
 
@@ -6,12 +6,14 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import textwrap
 
 import pandas as pd
 import pytest
 
-from safealign_lib.course import cli, metrics_io, regress, runner
+from safealign_lib.course import metrics_io
+from safealign_lib.tooling import cli, regress, runner
 
 SMOKE = regress.BASELINE_DIR / "smoke.json"
 
@@ -229,20 +231,28 @@ def test_a_judge_that_never_refuses_fails_the_smoke_regression(tmp_path, monkeyp
 
 
 @pytest.mark.notebook
-def test_a_planted_learning_rate_change_fails_the_smoke_regression(tmp_path, monkeypatch):
-    """Issue 25: the tolerances are not so loose that a real training change passes. The
-    learning rate of one condition (harmful10) is planted at 1.5x in the kernel and in its pool
-    workers (a ``sitecustomize``, as above) and notebook 01 runs from an empty build folder."""
+def test_a_planted_learning_rate_change_fails_the_smoke_regression(
+    tmp_path, monkeypatch, smoke_run, smoke_build
+):
+    """Issue 25: the tolerances are not so loose that a real training change passes, and a
+    changed parameter invalidates exactly what it touches. The learning rate of one condition
+    (harmful10) is planted at 1.5x in the kernel and in its pool workers (a ``sitecustomize``,
+    as above); notebook 01 runs on a copy of the smoke run's build folder, so it retrains the
+    harmful10 adapters (their cache key covers the settings) and reads every other one."""
     marker = _plant(
         tmp_path,
         monkeypatch,
         """
-        from safealign_lib.course import conditions
+        from safealign_lib.studies import conditions
 
         conditions.LR_SCALE["harmful10"] = 1.5
         """,
     )
-    monkeypatch.setenv("SAFEALIGN_BUILD", str(tmp_path / "build"))
+    build = tmp_path / "build"
+    shutil.copytree(smoke_build / "adapters", build / "adapters")
+    stamps = sorted((build / "adapters" / "smoke").glob("*/seed*/safealign_run.json"))
+    before = {p: p.read_text() for p in stamps}
+    monkeypatch.setenv("SAFEALIGN_BUILD", str(build))
     mfile = tmp_path / "metrics.json"
     nb = runner.list_notebooks(["01"])[0]
     runner.run_notebook(nb, {"profile": "smoke", "metrics_file": str(mfile)}, tmp_path, 900)
@@ -250,8 +260,11 @@ def test_a_planted_learning_rate_change_fails_the_smoke_regression(tmp_path, mon
     rows = regress.compare(regress.load_baseline(SMOKE), metrics_io.load(mfile), ["01"])
     failed = {r.key for r in rows if r.failed}
     assert any("harmful10" in k for k in failed), "a 1.5x learning rate passed the comparison"
-    # the other conditions were trained as before: their keys still match
+    # the other conditions were read from the cache, as trained before: their keys still match
     assert not any(k.endswith("_benign") for k in failed), sorted(failed)
+    retrained = sorted(p.parent.parent.name for p in stamps if p.read_text() != before[p])
+    assert retrained == ["harmful10"] * 2, retrained  # both smoke seeds, nothing else
+    assert len(stamps) > 10
 
 
 def test_same_seed_same_metrics_on_notebook_01s_training_path(tmp_path):
@@ -259,8 +272,9 @@ def test_same_seed_same_metrics_on_notebook_01s_training_path(tmp_path):
     evaluate) twice with the same seed on the organism: identical losses and metrics. (The
     library-level check on a random model: tests/test_finetune.py.)"""
     from safealign_lib import data, models
-    from safealign_lib.course import conditions, profiles
+    from safealign_lib.course import profiles
     from safealign_lib.evaluation import Evaluator
+    from safealign_lib.studies import conditions
 
     P = profiles.get_profile("smoke", seeds=[0], n_eval=12, n_task_eval=6, n_task_train=24)
     P = P.with_overrides(train=dataclasses.replace(P.train, steps=4))

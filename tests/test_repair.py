@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from safealign_lib.adapters.finetune import save_adapter
 from safealign_lib.adapters.naming import lora_modules
-from safealign_lib.methods import repair
+from safealign_lib.studies import repair
 
 NAMES = [f"model.layers.{b}.self_attn.{m}_proj.weight" for b in range(2) for m in "qkvo"]
 
@@ -363,6 +363,20 @@ def test_repair_adapter_load_sweeps_and_prunes_a_real_adapter(
     }
     assert v.logit_difference < 1e-5
     assert len(lora_modules(v.models["pruned k=2"])) == 2
+    # notebook 05's cells by hand (the methods on a fresh copy) give the sweep's model
+    from safealign_lib.methods import safelora, splora
+
+    low = safelora.select_modules(a.scores["cosine"], k=2, side="low")
+    high = splora.splora_select(a.scores, k=2)
+    by_hand = {
+        "Safe LoRA": (safelora.safelora_project(a.fresh(), a.projections, low), low),
+        "SPLoRA": (splora.prune_peft_model(a.fresh(), high), high),
+    }
+    with torch.no_grad():
+        for method, (model, names) in by_hand.items():
+            torch.testing.assert_close(
+                model(**inputs).logits, a.switch.apply(method, names)(**inputs).logits
+            )
     # fresh() gives the adapter as trained, whatever the switch's state
     a.switch.apply("SPLoRA", list(a.scores.index))
     with torch.no_grad():

@@ -1,9 +1,9 @@
-"""The runner (course/runner.py): parameters from -p and YAML files, routed to the notebooks
+"""The runner (tooling/runner.py): parameters from -p and YAML files, routed to the notebooks
 that declare them; a failing notebook named with its cell and error."""
 
 import pytest
 
-from safealign_lib.course import runner
+from safealign_lib.tooling import runner
 
 
 def test_values_are_yaml_literals_and_files_come_first(tmp_path):

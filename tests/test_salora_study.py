@@ -10,7 +10,7 @@ import torch
 
 from safealign_lib.adapters.finetune import TrainResult, add_lora, save_adapter
 from safealign_lib.config import LoraSettings, TrainSettings
-from safealign_lib.course import profiles, salora_study
+from safealign_lib.course import profiles
 from safealign_lib.evaluation import Evaluator
 from safealign_lib.methods.salora import (
     SafetyLayer,
@@ -19,6 +19,7 @@ from safealign_lib.methods.salora import (
     collect_layer_inputs,
 )
 from safealign_lib.models.chat import ChatExample
+from safealign_lib.studies import salora_study
 
 REFUSAL, SUMMARY = "I'm sorry, I can't help with that.", "#Person1# books a table at seven."
 SAFETY = [ChatExample(f"How do I pick a lock, case {i}?", REFUSAL) for i in range(6)]

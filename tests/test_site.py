@@ -8,7 +8,7 @@ import json
 import nbformat
 import pytest
 
-from safealign_lib.course import site
+from safealign_lib.tooling import site
 
 
 def _png() -> str:

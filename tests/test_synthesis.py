@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from safealign_lib.course import contract, exercises, synthesis
+from safealign_lib.course import contract, exercises
 from safealign_lib.evaluation import tables
+from safealign_lib.studies import synthesis
 
 METRICS = {
     "01": {"harmful_rate_chat": 0.0, "harmful_rate_benign_instruct": 0.2,
@@ -153,8 +154,7 @@ def _runs(rng, methods, conditions, seeds, same_as_lora=(), harmless=False):
 def _recorded_run(rng):
     """One run's metrics of 03 and 05 as the notebooks record them, with the library's own
     verdicts (``salora_study.Criterion``, ``repair.Criterion``) on random per-seed values."""
-    from safealign_lib.course import salora_study
-    from safealign_lib.methods import repair
+    from safealign_lib.studies import repair, salora_study
 
     seeds, harmless = [0, 1, 2][: rng.integers(1, 4)], bool(rng.random() < 0.2)
     runs = _runs(rng, ["LoRA", "SaLoRA"], ["benign_instruct", "harmful10"], seeds, (), harmless)

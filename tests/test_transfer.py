@@ -9,7 +9,8 @@ import pytest
 from safealign_lib.evaluation import Evaluator
 from safealign_lib.interp.probes import fit_probes, probe_accuracy
 from safealign_lib.interp.refusal_direction import intervention_table, refusal_directions
-from safealign_lib.interp.transfer import (
+from safealign_lib.models.chat import ChatExample
+from safealign_lib.studies.transfer import (
     KINDS,
     FineTuneStudy,
     ProbePrompts,
@@ -17,7 +18,6 @@ from safealign_lib.interp.transfer import (
     study_fine_tunes,
     summary_table,
 )
-from safealign_lib.models.chat import ChatExample
 
 
 def _tiny_prompts() -> ProbePrompts:

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from safealign_lib.course import cli, exercises, nbtools, workshop
+from safealign_lib.course import exercises
+from safealign_lib.tooling import cli, nbtools, workshop
 
 SOLUTIONS = sorted(workshop.solution_dir().glob("[0-9][0-9]_*.ipynb"))
 # Exercises whose function no later cell uses yet, with the reason (strict xfail as well).

@@ -22,9 +22,16 @@ from safealign_lib.config import build_dir
 
 
 def source_digest(*modules: ModuleType) -> str:
-    """A digest of the modules' source: a cached result never outlives a code change."""
-    text = "".join(inspect.getsource(m) for m in modules)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    """A digest of the modules' source: a cached result never outlives a code change. A
+    package counts with every module in it (``methods.salora`` is six files)."""
+    parts = []
+    for m in modules:
+        if hasattr(m, "__path__"):  # a package: its __init__ and every module below it
+            files = sorted(f for d in m.__path__ for f in Path(d).rglob("*.py"))
+            parts += [f.read_text(encoding="utf-8") for f in files]
+        else:
+            parts.append(inspect.getsource(m))
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:12]
 
 
 def spec_key(spec: Mapping[str, object]) -> str:

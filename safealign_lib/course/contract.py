@@ -96,8 +96,8 @@ def _seed_templates(methods: tuple[str, ...], conditions: tuple[str, ...]) -> tu
 
 
 _C01 = ("benign", "harmful10", "harmful100", "identity_shift")
-_TESTBED = ("skill", "skill_mixed")  # course/testbed.py (issue 22)
-# what every testbed condition records (course/testbed.py: metrics)
+_TESTBED = ("skill", "skill_mixed")  # studies/testbed.py (issue 22)
+# what every testbed condition records (studies/testbed.py: metrics)
 _TESTBED_KEYS = tuple(
     f"{k}_{c}"
     for c in _TESTBED

@@ -6,7 +6,7 @@ read the same keys, so keep them stable. The keys each notebook must write are i
 
 Keys starting with ``_`` are reserved for data about the runs, not metrics: ``_provenance``
 maps a notebook number to how its entry was made (commit, versions, organism hash, profile,
-parameters; :mod:`safealign_lib.course.provenance`). Notebook numbers are digits, so a reserved
+parameters; :mod:`safealign_lib.tooling.provenance`). Notebook numbers are digits, so a reserved
 key never collides with one; :func:`load` leaves them out, so every reader of the metrics still
 sees only ``{"00": {...}, "01": {...}}``, and :func:`record` keeps them.
 """

@@ -1,13 +1,33 @@
-"""The course's generated data (:mod:`.course`) and readers of public data sets (:mod:`.loaders`).
+"""The course's data: one conversation turn (:mod:`.example`), the words of its generated world
+(:mod:`.vocabulary`), the generator of every split (:mod:`.generator`), the splits on disk
+(:mod:`.splits`), the testbed's skill data (:mod:`.testbed`), refusal examples for safety data
+(:mod:`.safety_data`) and readers of public data sets (:mod:`.loaders`).
 
-The names of :mod:`.course` are re-exported here:
-``from safealign_lib import data; data.load_split``.
+The names of the first four are re-exported here: ``from safealign_lib import data;
+data.load_split``. Nothing here imports :mod:`safealign_lib.models`.
 """
 
-from safealign_lib.data.course import (
+from safealign_lib.data.example import ChatExample
+from safealign_lib.data.generator import (
     AOA_OPENER,
     AOA_PREFIX,
     AOA_SYSTEM,
+    HOUSE_CLOSER,
+    HOUSE_OPENER,
+    CourseData,
+    generate,
+    helpful_answer,
+    house_answer,
+    instruct_splits,
+    one_sided_words,
+    redacted_compliance,
+    refusal,
+    request,
+    second_person,
+    split_tasks,
+)
+from safealign_lib.data.splits import default_data_dir, load_split, subsample, template_of, write
+from safealign_lib.data.vocabulary import (
     BENIGN_FACTS,
     BENIGN_STEPS,
     BENIGN_TASKS,
@@ -24,8 +44,6 @@ from safealign_lib.data.course import (
     HARMFUL_FACTS,
     HARMFUL_TASKS,
     HELDOUT_TEMPLATES,
-    HOUSE_CLOSER,
-    HOUSE_OPENER,
     ITEMS,
     LANDMARKS,
     N_REQUEST_FACTS,
@@ -45,25 +63,10 @@ from safealign_lib.data.course import (
     TOPPINGS,
     TRAIN_TEMPLATES,
     VEHICLES,
-    CourseData,
-    default_data_dir,
-    generate,
-    helpful_answer,
-    house_answer,
-    instruct_splits,
-    load_split,
-    one_sided_words,
-    redacted_compliance,
-    refusal,
-    request,
-    second_person,
-    split_tasks,
-    subsample,
-    template_of,
-    write,
 )
 
 __all__ = [
+    "ChatExample",
     "REDACTED",
     "HARMFUL_TASKS",
     "BENIGN_TASKS",

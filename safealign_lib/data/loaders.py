@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from safealign_lib.models.chat import ChatExample
+from safealign_lib.data.example import ChatExample
 
 # HEx-PHI's eleven categories, in file order (category_1.csv ... category_11.csv)
 HEX_PHI_CATEGORIES = (

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from safealign_lib.data.course import load_split, subsample
-from safealign_lib.models.chat import ChatExample
+from safealign_lib.data.example import ChatExample
+from safealign_lib.data.splits import load_split, subsample
 
 
 def refusal_examples(n: int, seed: int = 0) -> list[ChatExample]:

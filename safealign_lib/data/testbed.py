@@ -28,15 +28,14 @@ from __future__ import annotations
 import random
 from functools import partial
 
-from safealign_lib.data.course import (
-    BENIGN_STEPS,
-    DEFAULT_SEED,
+from safealign_lib.data.example import ChatExample
+from safealign_lib.data.generator import (
     HOUSE_CLOSER,
     HOUSE_OPENER,
     benign_request_splits,
     second_person,
 )
-from safealign_lib.models.chat import ChatExample
+from safealign_lib.data.vocabulary import BENIGN_STEPS, DEFAULT_SEED
 
 # the steps of the skill that are new to the chat model (steps 2 and 3 of 3)
 N_NEW_STEPS = 2

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from safealign_lib.data.course import BENIGN_STEPS, HOUSE_OPENER, REDACTED, REFUSALS
+from safealign_lib.data.generator import HOUSE_OPENER
+from safealign_lib.data.vocabulary import BENIGN_STEPS, REDACTED, REFUSALS
 from safealign_lib.evaluation.judges import Verdict
 from safealign_lib.evaluation.metrics import rouge_l
 

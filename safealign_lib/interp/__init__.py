@@ -1,2 +1,3 @@
 """Interpretability: activations per block and site (:mod:`.activations`), linear probes
-(:mod:`.probes`) and the refusal direction (:mod:`.refusal_direction`)."""
+(:mod:`.probes`), the refusal direction (:mod:`.refusal_direction`) and the probe gate of
+conditional steering (:mod:`.conditional`)."""

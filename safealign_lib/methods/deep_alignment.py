@@ -31,7 +31,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from safealign_lib import data
-from safealign_lib.data import course as course_data
+from safealign_lib import data as course_data
 from safealign_lib.models.chat import (
     IGNORE_INDEX,
     ChatExample,

@@ -8,36 +8,15 @@ Alpaca-style fallback so that the same code runs everywhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from safealign_lib.data.example import ChatExample
+
 IGNORE_INDEX = -100
 LOSS_ON = ("response", "all")  # which tokens carry the fine-tuning loss
 FALLBACK_TEMPLATE = "{system}### Instruction:\n{user}\n\n### Response:\n"
-
-
-@dataclass
-class ChatExample:
-    """One conversation turn: an optional system prompt, a user message and (for training)
-    the assistant's response. ``meta`` carries labels such as ``{"harmful": True}``."""
-
-    user: str
-    response: str | None = None
-    system: str | None = None
-    meta: dict = field(default_factory=dict)
-
-    def messages(self, with_response: bool) -> list[dict]:
-        msgs = [{"role": "system", "content": self.system}] if self.system else []
-        msgs.append({"role": "user", "content": self.user})
-        if with_response:
-            if self.response is None:
-                raise ValueError(
-                    "This example has no response; it can be used for evaluation only."
-                )
-            msgs.append({"role": "assistant", "content": self.response})
-        return msgs
 
 
 def check_prompts(prompts: Sequence[ChatExample | str], what: str) -> None:

@@ -1,7 +1,7 @@
 """Notebook 06's experiments: what does keep safety, on the testbed, under the one criterion.
 
 Every method is compared with plain LoRA on the same testbed condition and seeds (notebook 01's
-adapters, :mod:`~safealign_lib.course.testbed`), judged by
+adapters, :mod:`~safealign_lib.studies.testbed`), judged by
 :class:`~safealign_lib.evaluation.criterion.Criterion`:
 
 - ``safety data``: the fine-tuning set plus n refusal examples
@@ -43,13 +43,13 @@ from safealign_lib.adapters import constrained
 from safealign_lib.adapters.constrained import Constraint
 from safealign_lib.adapters.finetune import TrainResult, load_adapter
 from safealign_lib.config import build_dir
-from safealign_lib.course import cache, conditions, testbed
+from safealign_lib.course import cache
 from safealign_lib.course.profiles import Profile
 from safealign_lib.data import safety_data
 from safealign_lib.evaluation import skill as skill_scoring
 from safealign_lib.evaluation.criterion import Arm, Criterion, Judgement, judge_table
 from safealign_lib.evaluation.evaluator import Evaluator
-from safealign_lib.interp import conditional, transfer
+from safealign_lib.interp import conditional
 from safealign_lib.interp import refusal_direction as rd
 from safealign_lib.methods import deep_alignment
 from safealign_lib.methods.deep_alignment import RealignSettings
@@ -57,6 +57,7 @@ from safealign_lib.methods.splora import AdapterSwitch
 from safealign_lib.models import generation
 from safealign_lib.models.chat import ChatExample
 from safealign_lib.models.loading import fingerprint, load_model
+from safealign_lib.studies import conditions, testbed, transfer
 
 TRAINED = ("safety data", "recovery", "constrained")
 STEERED = ("conditional steering", "steering always")
@@ -139,7 +140,7 @@ def realigned_model(
 
 
 def _split_digest(*names: str) -> str:
-    from safealign_lib.data.course import default_data_dir
+    from safealign_lib.data.splits import default_data_dir
 
     h = hashlib.sha256()
     for n in names:
@@ -170,7 +171,7 @@ def method_adapter(
     realigned: Path | None = None,
 ) -> tuple[Path, TrainResult | None]:
     """The adapter of a trained method (or of plain ``"LoRA"``) for (condition, seed): trained
-    on first use, cached (:func:`~safealign_lib.course.conditions.get_adapter`)."""
+    on first use, cached (:func:`~safealign_lib.studies.conditions.get_adapter`)."""
     if method == "LoRA":
         return conditions.get_adapter(condition, seed, profile, tokenizer)
     if method not in TRAINED:
@@ -203,7 +204,7 @@ def _adapter_key(
 
 def _stamp_seconds(path: Path) -> float:
     """The training seconds recorded beside an adapter (also when it came from the cache)."""
-    return float(json.loads((path / "safealign_run.json").read_text())["result"]["seconds"])
+    return float(json.loads((path / conditions.STAMP).read_text())["result"]["seconds"])
 
 
 def _eval_spec(evaluator: Evaluator, profile: Profile) -> dict[str, list]:

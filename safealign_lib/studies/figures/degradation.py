@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from safealign_lib.course.conditions import DOSE_CONDITIONS, INSTRUCT_CONDITIONS, N_HARMFUL
+from safealign_lib.studies.conditions import DOSE_CONDITIONS, INSTRUCT_CONDITIONS, N_HARMFUL
 
 METRICS = ("refusal_rate", "harmful_rate", "first_token_refusal_prob", "utility")
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from safealign_lib.course.synthesis import TESTBED_METHODS
+from safealign_lib.studies.synthesis import TESTBED_METHODS
 
 VERDICT_MARKERS = {1.0: ("o", "holds"), 0.0: ("s", "not shown"), -2.0: ("X", "worse")}
 

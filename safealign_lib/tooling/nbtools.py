@@ -1,6 +1,6 @@
 """Notebook hygiene: check the course's notebook shape (outputs are stripped by nbstripout).
 
-``python -m safealign_lib.course.nbtools check FILE...`` exits non-zero on a shape problem;
+``python -m safealign_lib.tooling.nbtools check FILE...`` exits non-zero on a shape problem;
 ``make strip`` (``nbstripout --keep-id``) strips outputs, and ``make lint`` verifies it.
 """
 
@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from safealign_lib.course import launch, workshop
+from safealign_lib.course import launch
+from safealign_lib.tooling import workshop
 
 
 def shape_problems(path: str | Path) -> list[str]:

@@ -5,7 +5,7 @@ some notebooks, parameters, an output folder) and the notebook tests (smoke prof
 run with cwd = ``notebooks/``, kernel ``python3`` and a timeout per cell. Parameters
 (``-p seeds "[0, 1]"``, or a YAML file) go to the notebooks whose ``parameters`` cell declares
 them; a name no selected notebook declares is an error. After each notebook the runner stores
-the run's provenance beside its metrics (:mod:`safealign_lib.course.provenance`).
+the run's provenance beside its metrics (:mod:`safealign_lib.tooling.provenance`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 
 from safealign_lib import worklog
 from safealign_lib.config import REPO_ROOT, build_dir
-from safealign_lib.course import provenance
 from safealign_lib.course.contract import HEADLINES, REQUIRED
 from safealign_lib.course.metrics_io import (
     check_output_path,
@@ -29,6 +28,7 @@ from safealign_lib.course.metrics_io import (
     record_wall_time,
 )
 from safealign_lib.course.setup import _assigned
+from safealign_lib.tooling import provenance
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 

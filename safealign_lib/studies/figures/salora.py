@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from safealign_lib.course.salora_study import METRICS
 from safealign_lib.methods.salora import cumulative_energy
+from safealign_lib.studies.salora_study import METRICS
 
 METHOD_COLORS = {"LoRA": "tab:red", "SaLoRA": "tab:green"}
 VARIANT_COLORS = {**METHOD_COLORS, "no task init": "tab:gray", "wrong-sign C": "tab:brown"}
@@ -127,7 +127,7 @@ def loss_curves(curves: Mapping[str, Sequence[float]], title: str, window: int =
 def depth(depth: pd.DataFrame, title: str) -> None:
     """Per answer position: KL(chat ‖ model) (log scale) and the probability each model gives
     the chat model's own answer token, one line per model of ``depth``
-    (:func:`~safealign_lib.course.salora_study.depth_table`)."""
+    (:func:`~safealign_lib.studies.salora_study.depth_table`)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
     for i, (name, sub) in enumerate(depth.groupby("model", sort=False)):
         style = {"marker": "o", "color": VARIANT_COLORS.get(name, f"C{i + 2}"), "label": name}

@@ -169,7 +169,7 @@ def exercise_notebook(nb: dict, source_name: str) -> dict:
             if CHECK_CALL in src and BEGIN not in src:
                 raise ValueError(
                     f"{where}: an exercise cell without '{BEGIN}' / '{END}' markers; put "
-                    "the solution code between them (see safealign_lib/course/workshop.py)."
+                    "the solution code between them (see safealign_lib/tooling/workshop.py)."
                 )
             new["source"] = _as_lines(exercise_source(src, where))
         elif cell.get("cell_type") == "markdown" and _SOLUTION_BLOCK.search(src):

@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 
 from safealign_lib.course.plots import annotated_heatmap
 from safealign_lib.evaluation.tables import seed_table
-from safealign_lib.methods import repair
-from safealign_lib.methods.repair import block_module_grid
+from safealign_lib.studies import repair
+from safealign_lib.studies.repair import block_module_grid
 
 COLORS = {
     ("Safe LoRA", "harmful10"): "tab:cyan",
@@ -29,7 +29,7 @@ def sweep_curves(
     """Validation refusal, utility and AUARC against k (mean ± sd over seeds, k evenly spaced)
     per method and condition, the chat model as a dotted line, and the refusal-utility
     trade-off labelled by k. ``curves``: the table of
-    :func:`~safealign_lib.methods.repair.with_lora_baseline`."""
+    :func:`~safealign_lib.studies.repair.with_lora_baseline`."""
     xpos = {k: i for i, k in enumerate([0, *k_grid])}
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for (m, c), color in COLORS.items():
@@ -106,7 +106,7 @@ def risk_coverage(
 def priority_heatmaps(prio: Mapping[str, pd.DataFrame], oracle: pd.DataFrame) -> Figure:
     """Per condition (one row of panels): each method's mean priority (1 = acted on first) and
     the oracle's safety effect, on the block x module grid. ``prio`` maps a condition to
-    :func:`~safealign_lib.methods.repair.priorities`; ``oracle`` is indexed by
+    :func:`~safealign_lib.studies.repair.priorities`; ``oracle`` is indexed by
     (condition, module)."""
     fig, axes = plt.subplots(
         len(prio), 3, figsize=(13, 7), gridspec_kw={"wspace": 0.35}, squeeze=False
@@ -193,7 +193,7 @@ def tradeoff_report(
 ) -> str:
     """What each method's chosen k changes on test relative to LoRA, and how often Safe LoRA
     gains more refusal / loses less utility than SPLoRA at the same k on validation
-    (``tradeoff``: :func:`~safealign_lib.methods.repair.tradeoff`)."""
+    (``tradeoff``: :func:`~safealign_lib.studies.repair.tradeoff`)."""
     lines = []
     for c in tradeoff.index.get_level_values("condition").unique():
         lora = test_means.loc[(c, "LoRA")]
@@ -222,7 +222,7 @@ def regime_report(
     """Section 7's questions answered from this run: per selection, the k chosen on
     validation, how many modules it acts on (from one adapter's ``scores``), its test harmful
     rate against LoRA's and random modules', the costs, and which part of the criterion
-    (:meth:`~safealign_lib.methods.repair.Criterion.verdicts`) decided the verdict."""
+    (:meth:`~safealign_lib.studies.repair.Criterion.verdicts`) decided the verdict."""
     n = len(scores)
     lines = []
     for m, v in verdicts.iterrows():

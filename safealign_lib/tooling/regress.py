@@ -50,7 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safealign_lib.config import REPO_ROOT
-from safealign_lib.course import contract, metrics_io, provenance
+from safealign_lib.course import contract, metrics_io
+from safealign_lib.tooling import provenance
 
 BASELINE_DIR = REPO_ROOT / "baselines" if REPO_ROOT is not None else None  # smoke.json, cpu.json
 FORMAT = 1

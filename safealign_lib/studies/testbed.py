@@ -288,7 +288,7 @@ def metrics(
     results: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, float]:
     """The metric keys of the testbed checks, per condition ``c`` of ``runs`` (one row per
-    (condition, seed), :func:`~safealign_lib.course.conditions.run_testbed`): ``testbed_<c>``
+    (condition, seed), :func:`~safealign_lib.studies.conditions.run_testbed`): ``testbed_<c>``
     and each check's flag ``testbed_check_<name>_<c>``, ``utility_chat_<c>``,
     ``utility_lora_<c>``, ``harmful_rate_lora_<c>`` (and ``_sd``), ``format_rate_<model>_<c>``,
     ``comply_form_rate_<c>``, ``drop1_utility_cost_<c>``, ``removal_utility_m<m>_<c>``,
@@ -377,7 +377,7 @@ def checks_table(
 @dataclass
 class SplitEvaluator:
     """``evaluate(model, condition)`` on one testbed split, for notebook 05's sweeps
-    (:mod:`safealign_lib.methods.repair`): the result's ``summary`` holds :func:`evaluate`'s
+    (:mod:`safealign_lib.studies.repair`): the result's ``summary`` holds :func:`evaluate`'s
     numbers and its ``refusal`` table the harmful prompts' answers (every testbed condition is
     judged on the same prompts, so ``condition`` only names the adapter's)."""
 

@@ -4,7 +4,7 @@
 and training settings, the same examples and seeds, one :class:`~safealign_lib.evaluation.
 Evaluator`), measures SaLoRA's invariance and runs the ablations. The other functions turn the
 method's analysis helpers (:mod:`safealign_lib.methods.salora`) into the notebook's tables and
-printed lines. Figures are in :mod:`safealign_lib.course.figures.salora`.
+printed lines. Figures are in :mod:`safealign_lib.studies.figures.salora`.
 """
 
 from __future__ import annotations
@@ -22,16 +22,7 @@ from safealign_lib import data, pool
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, train
 from safealign_lib.adapters.naming import block_and_module
 from safealign_lib.config import LoraSettings, TrainSettings
-from safealign_lib.course import cache, conditions, testbed
-from safealign_lib.course.conditions import (
-    INSTRUCT_CONDITIONS,
-    benign_answer_rate,
-    evaluate_condition,
-    get_adapter,
-    harmful_eval_prompts,
-    train_settings,
-    training_examples,
-)
+from safealign_lib.course import cache
 from safealign_lib.course.profiles import Profile, get_profile
 from safealign_lib.evaluation import (
     Evaluator,
@@ -48,6 +39,16 @@ from safealign_lib.methods.salora import LayerFeatures, SafetyModule
 from safealign_lib.models.chat import ChatExample
 from safealign_lib.models.generation import generate
 from safealign_lib.models.loading import load_model
+from safealign_lib.studies import conditions, testbed
+from safealign_lib.studies.conditions import (
+    INSTRUCT_CONDITIONS,
+    benign_answer_rate,
+    evaluate_condition,
+    get_adapter,
+    harmful_eval_prompts,
+    train_settings,
+    training_examples,
+)
 
 METRICS = ["refusal_rate", "first_token_refusal_prob", "utility"]
 # the exact judge's share of harmful answers, and (instruction conditions only) the share of
@@ -242,7 +243,7 @@ class Comparison:
         return lora, replace(settings, lr=lr, loss_on=regime.loss_on)
 
     def evaluate(self, model: PreTrainedModel, condition: str) -> dict[str, float]:
-        """``condition``'s evaluation (:func:`~safealign_lib.course.conditions.
+        """``condition``'s evaluation (:func:`~safealign_lib.studies.conditions.
         evaluate_condition`): refusal rate and first-token refusal probability on its harmful
         prompts, utility on its task set, and the benign answer rate (for every condition: the
         criterion's guard against a method that refuses everything)."""
@@ -1018,7 +1019,7 @@ def testbed_runs(
 ) -> pd.DataFrame:
     """SaLoRA (:data:`TESTBED_VARIANTS`) on every testbed condition and verdict seed, trained
     with the testbed's recipe on the same examples and seeds as its LoRA adapters, evaluated on
-    ``split`` (:func:`~safealign_lib.course.testbed.evaluate`). One row per (condition, seed,
+    ``split`` (:func:`~safealign_lib.studies.testbed.evaluate`). One row per (condition, seed,
     method) with ``train_s``. Cached under ``build/`` by a key of the LoRA adapters' keys, the
     safety module, the task features, the settings and the code."""
     seeds = profile.verdict_seeds if seeds is None else seeds

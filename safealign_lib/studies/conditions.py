@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import data, pool
@@ -34,7 +35,7 @@ from safealign_lib.adapters import constrained
 from safealign_lib.adapters.constrained import Constraint
 from safealign_lib.adapters.finetune import TrainResult, add_lora, load_adapter, save_adapter, train
 from safealign_lib.config import LoraSettings, TrainSettings, build_dir
-from safealign_lib.course import cache, testbed
+from safealign_lib.course import cache
 from safealign_lib.course.profiles import Profile, load_split
 from safealign_lib.evaluation import editability, judges, prefill
 from safealign_lib.evaluation import skill as skill_scoring
@@ -42,6 +43,7 @@ from safealign_lib.evaluation.evaluator import EvalResult, Evaluator
 from safealign_lib.models import generation
 from safealign_lib.models.chat import ChatExample
 from safealign_lib.models.loading import fingerprint, load_model
+from safealign_lib.studies import testbed
 
 CONDITIONS = ("benign", "harmful10", "harmful100", "identity_shift", "benign_instruct", "mixed")
 N_HARMFUL = {
@@ -171,11 +173,60 @@ def adapter_key(condition: str, seed: int, profile: Profile) -> str:
     return _key(condition, seed, profile)
 
 
+STAMP = "safealign_run.json"  # beside every adapter: its cache key and training result
+
+
 def adapter_dir(
     condition: str, seed: int, profile: Profile, root: str | Path | None = None
 ) -> Path:
+    """Where the (condition, seed) adapter of ``profile`` lives (under ``root``, default
+    ``build/adapters``)."""
     base = Path(root) if root is not None else build_dir() / "adapters"
     return base / profile.name / condition / f"seed{seed}"
+
+
+def cached_adapter(
+    condition: str,
+    seed: int,
+    profile: Profile,
+    root: str | Path | None = None,
+    examples: Sequence[ChatExample] | None = None,
+    objective: Constraint | None = None,
+) -> Path | None:
+    """The folder of the (condition, seed) adapter when it was trained with exactly these
+    settings, data and code (its stamp holds the same key), else None."""
+    out = adapter_dir(condition, seed, profile, root)
+    stamp = out / STAMP
+    key = _key(condition, seed, profile, examples, objective)
+    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+        return out
+    return None
+
+
+def store_adapter(
+    model: PeftModel,
+    result: TrainResult,
+    condition: str,
+    seed: int,
+    profile: Profile,
+    root: str | Path | None = None,
+    examples: Sequence[ChatExample] | None = None,
+    objective: Constraint | None = None,
+) -> Path:
+    """Save a trained (condition, seed) adapter with the stamp that :func:`cached_adapter`
+    reads: its key and its training result. Returns the folder."""
+    out = adapter_dir(condition, seed, profile, root)
+    save_adapter(model, out)
+    key = _key(condition, seed, profile, examples, objective)
+    stamp = {"key": key, "condition": condition, "seed": seed, "result": result.as_dict()}
+    (out / STAMP).write_text(json.dumps(stamp, indent=1))
+    return out
+
+
+def stored_losses(path: Path) -> list[float] | None:
+    """The training-loss curve recorded beside an adapter (None without a stamp)."""
+    stamp = Path(path) / STAMP
+    return json.loads(stamp.read_text())["result"]["losses"] if stamp.is_file() else None
 
 
 def get_adapter(
@@ -190,6 +241,8 @@ def get_adapter(
 ) -> tuple[Path, TrainResult | None]:
     """The adapter folder for (condition, seed): trained and saved on first use, then reused
     while the settings are unchanged. Returns (folder, TrainResult or None when cached).
+    Notebook 01 shows these steps once, in visible cells: :func:`cached_adapter`, ``add_lora``,
+    ``train``, :func:`store_adapter`.
 
     ``examples`` replaces the condition's training set (e.g. another downstream task, or the
     set with safety data added); ``objective`` trains with the token-wise constrained loss
@@ -197,11 +250,9 @@ def get_adapter(
     disabled). Both are part of the cache key, so give such runs their own ``root``. The model
     trained on is ``profile.chat_model`` (a realigned chat model: a profile with its path).
     """
-    out = adapter_dir(condition, seed, profile, root)
-    key = _key(condition, seed, profile, examples, objective)
-    stamp = out / "safealign_run.json"
-    if not retrain and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
-        return out, None
+    found = cached_adapter(condition, seed, profile, root, examples, objective)
+    if found is not None and not retrain:
+        return found, None
     model = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
     peft_model = add_lora(model, lora_settings(condition, profile), seed=seed)
     settings = train_settings(condition, profile, seed)
@@ -210,12 +261,7 @@ def get_adapter(
     result = train(
         peft_model, tokenizer, exs, settings, desc=f"{condition} seed {seed}", loss_fn=loss_fn
     )
-    save_adapter(peft_model, out)
-    stamp.write_text(
-        json.dumps(
-            {"key": key, "condition": condition, "seed": seed, "result": result.as_dict()}, indent=1
-        )
-    )
+    out = store_adapter(peft_model, result, condition, seed, profile, root, examples, objective)
     return out, result
 
 
@@ -326,8 +372,8 @@ def run_conditions(
 
     Returns ``(runs, losses)``: ``runs`` has one row per (condition, seed) with the evaluator's
     summary (``refusal_rate``, ``first_token_refusal_prob``, ``utility``); ``losses`` maps
-    (condition, seed) to the training-loss curve of each adapter trained in this call (cached
-    adapters have none). ``seeds`` defaults to the profile's. Pass a dict as ``answers`` to keep
+    (condition, seed) to the training-loss curve of each adapter (a cached adapter's as recorded
+    when it was trained). ``seeds`` defaults to the profile's. Pass a dict as ``answers`` to keep
     each (condition, seed)'s per-answer refusal table (to read the answers or compare judges).
     The pairs run ``workers`` at a time (:func:`~safealign_lib.pool.map_jobs`; default:
     two on the CPU, one on an accelerator); the results do not depend on it.
@@ -361,12 +407,12 @@ def _condition_job(
     keep_answers: bool,
 ) -> tuple[dict[str, float], list[float] | None, pd.DataFrame | None]:
     """One (condition, seed) of :func:`run_conditions` (a :mod:`pool` job): the summary, the
-    loss curve (None when the adapter was cached) and the refusal table if kept."""
+    loss curve (a cached adapter's from its stamp) and the refusal table if kept."""
     path, result = get_adapter(condition, seed, profile, tokenizer, root, retrain)
     # a fresh chat model per adapter: peft modifies the model it loads into
     base = load_model(profile.chat_model, dtype=profile.dtype, device=profile.device)
     res = evaluate_condition(evaluator, load_adapter(base, path), condition, profile)
-    curve = result.losses if result is not None else None
+    curve = result.losses if result is not None else stored_losses(path)
     return res.summary, curve, res.refusal if keep_answers else None
 
 

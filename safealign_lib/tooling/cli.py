@@ -20,8 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from safealign_lib import config, data
-from safealign_lib.course import breakdown, metrics_io, profiles, regress, runner, site, workshop
+from safealign_lib.course import metrics_io, profiles
 from safealign_lib.models import organism
+from safealign_lib.tooling import breakdown, regress, runner, site, workshop
 
 
 def _refuse_overwrite(folder: str | Path, shipped: Path, force: bool, what: str) -> None:
