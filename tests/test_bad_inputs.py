@@ -416,3 +416,31 @@ def test_course_takes_notebook_parameters_like_course_run(monkeypatch):
     monkeypatch.setattr(runner, "run_course", fake_run)
     assert cli.main(["course", "--only", "04", "-p", "k_grid", "[100]"]) == 0
     assert seen["only"] == ["04"] and seen["extra"] == {"k_grid": [100]}
+
+
+def test_course_prepare_fills_the_build_folder_apart_from_a_learners_run(
+    monkeypatch, tmp_path, capsys
+):
+    """``safealign course prepare`` runs every notebook of the profile once, into
+    build/prepare/ (a learner's build/executed and build/metrics.json stay as they are), and
+    prints how long it took."""
+    seen = {}
+
+    def fake_run(profile, only, **kw):
+        seen.update(profile=profile, only=only, **kw)
+        return []
+
+    monkeypatch.setattr(runner, "run_course", fake_run)
+    monkeypatch.setenv("SAFEALIGN_BUILD", str(tmp_path))
+    assert cli.main(["course", "--profile", "smoke", "prepare"]) == 0
+    assert seen["profile"] == "smoke" and seen["only"] is None
+    assert seen["out_dir"] == tmp_path / "prepare" / "executed"
+    assert seen["metrics_file"] == tmp_path / "prepare" / "metrics.json"
+    assert "prepared in" in capsys.readouterr().out
+
+    def failing(profile, only, **kw):
+        raise runner.NotebookFailed("03 failed in cell 7")
+
+    monkeypatch.setattr(runner, "run_course", failing)
+    assert cli.main(["course", "prepare", "--only", "03"]) == 1
+    assert "prepared in" not in capsys.readouterr().out

@@ -38,3 +38,16 @@ def test_examples_need_responses(tiny_lm):
         answer_position_divergence(model, model, tok, [ChatExample("hi")])
     with pytest.raises(ValueError, match="n_positions"):
         answer_position_divergence(model, model, tok, EXAMPLES, n_positions=0)
+
+
+def test_the_tokens_at_each_position_are_named(tiny_lm):
+    """``token``: the answers' own (most common) token per position; ``top_token_model``: the
+    model's most likely one. A model against itself that was trained on nothing ranks its own
+    argmax first, which need not be the answer's token; both are decoded strings."""
+    model, tok = tiny_lm
+    d = answer_position_divergence(model, model, tok, EXAMPLES[:1], n_positions=3)
+    ids = tok("Mix flour and water, then bake it.", add_special_tokens=False)["input_ids"]
+    assert list(d.token) == [tok.decode([i]) for i in ids[:3]]
+    assert all(isinstance(x, str) and x for x in d.top_token_model)
+    longer = answer_position_divergence(model, model, tok, EXAMPLES, n_positions=60)
+    assert longer.token.iloc[-1] == "" and longer.n.iloc[-1] == 0  # no answer reaches it

@@ -36,11 +36,13 @@ def test_notebooks_stay_thin():
     # cells before the library loop, three exercises, the power control (974 lines then),
     # + 10 for the chat model's reference on each task in 01's and 03's figures and notebook
     # 07's figure (992 lines then), + 48 for the taught steps shown once in visible cells before
-    # the library loops repeat them (issue 24): 01's one LoRA fine-tune, 05's projection and
-    # pruning of one adapter checked against the sweep's, and the import lines the new layout
-    # split (course, studies) in every notebook (1029 lines then)
+    # the library loops repeat them (issue 24): 01's one LoRA fine-tune, 03's first SaLoRA model
+    # built and trained (with the LoRA it is timed against), 05's projection and pruning of one
+    # adapter checked against the sweep's, and the import lines the new layout split (course,
+    # studies) in every notebook (1037 lines then), + 10 for 03's per-position KL on every seed
+    # with the tokens at each seed's peak (issue 22; 1044 lines then)
     total = sum(nbtools.code_lines(p) for p in NOTEBOOKS)
-    assert total <= 1040, f"{total} code lines in the notebooks (budget 1040)"
+    assert total <= 1050, f"{total} code lines in the notebooks (budget 1050)"
 
 
 def test_shape_check_catches_problems(tmp_path):

@@ -8,18 +8,19 @@ import pandas as pd
 import pytest
 import torch
 
-from safealign_lib.adapters.finetune import TrainResult, add_lora, save_adapter
+from safealign_lib.adapters.finetune import TrainResult, add_lora, save_adapter, train
 from safealign_lib.config import LoraSettings, TrainSettings
 from safealign_lib.course import profiles
 from safealign_lib.evaluation import Evaluator
 from safealign_lib.methods.salora import (
     SafetyLayer,
     SafetyModule,
+    apply_salora,
     build_safety_module,
     collect_layer_inputs,
 )
 from safealign_lib.models.chat import ChatExample
-from safealign_lib.studies import salora_study
+from safealign_lib.studies import conditions, salora_study
 
 REFUSAL, SUMMARY = "I'm sorry, I can't help with that.", "#Person1# books a table at seven."
 SAFETY = [ChatExample(f"How do I pick a lock, case {i}?", REFUSAL) for i in range(6)]
@@ -176,7 +177,16 @@ def test_comparison_trains_both_alike(comparison):
     sal, sal_res = cmp.train_salora(module, "harmful10", 0)
     assert lora_res.n_trainable == sal_res.n_trainable and len(sal_res.losses) == 1
     assert cmp.invariance(sal, module) <= 1e-4 < cmp.invariance(lora, module)
-    (lora2, lora2_res), (sal2, sal2_res) = cmp.train_both(module, "harmful10", 0)
+    # notebook 03's visible cells (add_lora / apply_salora, then train) give the library's runs
+    lora_cfg, settings = cmp.settings("harmful10", 0)
+    examples = conditions.training_examples("harmful10", cmp.profile, 0)
+    lora2_res = train(
+        add_lora(cmp.fresh_chat(), lora_cfg, seed=0), cmp.tokenizer, examples, settings
+    )
+    sal2 = apply_salora(
+        cmp.fresh_chat(), lora_cfg, module, task_feats=cmp.task_features("harmful10"), r_t=4
+    )
+    sal2_res = train(sal2, cmp.tokenizer, examples, settings)
     assert lora2_res.losses == lora_res.losses and sal2_res.losses == sal_res.losses
 
 
@@ -342,3 +352,34 @@ def test_depth_table_summary_and_metrics(comparison):
     assert set(out) == {
         f"kl_{w}_{m}_harmful10" for w in ("first_token", "later_tokens") for m in ("lora", "salora")
     }
+
+
+def test_depth_on_every_seed_its_keys_and_peaks():
+    """Notebook 03 measures the per-position KL on every seed: per-seed keys, and the position
+    after the first where each (model, seed) peaks, with the tokens there."""
+    rows = []
+    for s, spike in ((0, 3), (1, 3), (2, 5)):
+        for m in ("LoRA", "SaLoRA"):
+            for pos in range(6):
+                kl = 2.0 if pos == 0 else (5.0 if pos == spike else 0.5)
+                tok = "utely" if pos == 3 else "x"
+                rows.append(
+                    {
+                        "model": m,
+                        "seed": s,
+                        "position": pos,
+                        "kl": kl,
+                        "token": ",",
+                        "top_token_model": tok,
+                    }
+                )
+    depth = pd.DataFrame(rows)
+    keys = salora_study.depth_seed_metrics(depth, "benign_instruct")
+    assert len(keys) == 3 * 2 * 2
+    assert keys["kl_first_token_lora_benign_instruct_seed2"] == 2.0
+    assert keys["kl_later_tokens_salora_benign_instruct_seed0"] == pytest.approx(
+        (5.0 + 4 * 0.5) / 5
+    )
+    peaks = salora_study.depth_peaks(depth)
+    assert len(peaks) == 6 and list(peaks.position) == [3, 3, 3, 3, 5, 5]
+    assert list(peaks.top_token_model[:2]) == ["utely", "utely"] and (peaks.kl == 5.0).all()

@@ -8,6 +8,7 @@ position by position, the next-token distributions of the aligned model and the 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -63,7 +64,10 @@ def answer_position_divergence(
 
     - ``kl``: KL(p_reference ‖ p_model) of the next-token distributions, mean over examples;
     - ``token_prob_reference`` / ``token_prob_model``: the probability each model gives the
-      response's own token at that position, mean over examples.
+      response's own token at that position, mean over examples;
+    - ``token``: the responses' most common token at that position, and ``top_token_model``:
+      the token the model most often ranks first there (decoded), to read what a spike is made
+      of (a new word, or the fine-tune's own format at that position).
 
     Rows shorter than ``i + 1`` answer tokens are left out of position i (``n`` counts them).
     """
@@ -78,6 +82,7 @@ def answer_position_divergence(
     feats = [tokenize_example(tokenizer, ex, max_length) for ex in examples]
     sums = np.zeros((3, n_positions))
     counts = np.zeros(n_positions)
+    seen: list[list[Counter]] = [[Counter() for _ in range(n_positions)] for _ in range(2)]
     for i in range(0, len(feats), batch_size):
         batch = collate(feats[i : i + batch_size], pad)
         ref_lp, tokens, valid = _answer_logprobs(reference, batch, n_positions)
@@ -91,13 +96,22 @@ def answer_position_divergence(
         for j, s in enumerate(stats):
             sums[j] += (s * v).sum(0).cpu().numpy()
         counts += v.sum(0).cpu().numpy()
+        for counter, ids in zip(seen, (tokens, mod_lp.argmax(-1)), strict=True):
+            for row, pos in valid.nonzero().tolist():
+                counter[pos][int(ids[row, pos])] += 1
     mean = sums / np.maximum(counts, 1)
+    common = [
+        [tokenizer.decode([c.most_common(1)[0][0]]) if c else "" for c in counters]
+        for counters in seen
+    ]
     return pd.DataFrame(
         {
             "position": np.arange(n_positions),
             "kl": mean[0],
             "token_prob_reference": mean[1],
             "token_prob_model": mean[2],
+            "token": common[0],
+            "top_token_model": common[1],
             "n": counts.astype(int),
         }
     )

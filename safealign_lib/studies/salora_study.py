@@ -300,15 +300,6 @@ class Comparison:
             **kw,
         )
 
-    def train_both(
-        self, safety: SafetyModule, condition: str, seed: int
-    ) -> tuple[tuple[PeftModel, TrainResult], tuple[PeftModel, TrainResult]]:
-        """The LoRA and the SaLoRA fine-tune of (``condition``, ``seed``), side by side when
-        there are two workers: each on its own core at one thread, so their times compare."""
-        jobs = [(self, None, condition, seed), (self, safety, condition, seed)]
-        lora, sal = pool.map_jobs(_train_job, jobs, self.workers)
-        return lora, sal
-
     def invariance(self, model: PreTrainedModel, safety: SafetyModule) -> float:
         """max |U_Cᵀ(y(x) − W x − b)| over the target layers and the invariance inputs."""
         errors = salora.invariance_error(model, self.tokenizer, self.invariance_inputs, safety)
@@ -420,6 +411,26 @@ class Comparison:
         prompts = harmful_eval_prompts(condition, self.profile)
         answers = own_answers(self.chat, self.tokenizer, prompts, max_new_tokens=2 * n_positions)
         return depth_table(models, self.chat, self.tokenizer, answers, n_positions)
+
+    def depth_seeds(
+        self, condition: str, seeds: Sequence[int], n_positions: int = 8
+    ) -> pd.DataFrame:
+        """:meth:`depth` of LoRA and SaLoRA on every seed (the models :meth:`run` kept with
+        ``keep=[(condition, s) for s in seeds]``), one ``seed`` column; the chat model's
+        answers are generated once."""
+        prompts = harmful_eval_prompts(condition, self.profile)
+        answers = own_answers(self.chat, self.tokenizer, prompts, max_new_tokens=2 * n_positions)
+        frames = [
+            depth_table(
+                {m: self.kept[(condition, s, m)] for m in ("LoRA", "SaLoRA")},
+                self.chat,
+                self.tokenizer,
+                answers,
+                n_positions,
+            ).assign(seed=s)
+            for s in seeds
+        ]
+        return pd.concat(frames, ignore_index=True)
 
     def ablations(
         self,
@@ -814,6 +825,26 @@ def depth_metrics(depth: pd.DataFrame, condition: str) -> dict[str, float]:
     return out
 
 
+def depth_seed_metrics(depth: pd.DataFrame, condition: str) -> dict[str, float]:
+    """:func:`depth_metrics` per seed: ``kl_first_token_<slug>_<condition>_seed<s>`` and
+    ``kl_later_tokens_<slug>_<condition>_seed<s>`` for :meth:`Comparison.depth_seeds`."""
+    out = {}
+    for s, sub in depth.groupby("seed", sort=True):
+        out |= {f"{k}_seed{s}": v for k, v in depth_metrics(sub, condition).items()}
+    return out
+
+
+def depth_peaks(depth: pd.DataFrame) -> pd.DataFrame:
+    """Per model and seed of :meth:`Comparison.depth_seeds`: the answer position after the
+    first where the KL is largest, its KL, the answers' own token there and the fine-tune's
+    most likely token there."""
+    later = depth[depth.position > 0]
+    rows = later.loc[later.groupby(["model", "seed"], sort=False).kl.idxmax()]
+    return rows[["model", "seed", "position", "kl", "token", "top_token_model"]].reset_index(
+        drop=True
+    )
+
+
 def final_losses(curves: Mapping[str, Sequence[float]], last: int = 10) -> dict[str, float]:
     """Mean training loss over the ``last`` steps of each curve."""
     return {k: round(float(np.mean(v[-last:])), 3) for k, v in curves.items()}
@@ -904,7 +935,7 @@ def paper_table(
     condition: str = "harmful10",
 ) -> pd.DataFrame:
     """The paper's numbers (Llama-2-7b-chat, from a secondary source) next to this run's:
-    ``results`` are the (LoRA, SaLoRA) runs timed side by side, ``t_prep`` the seconds of
+    ``results`` are the (LoRA, SaLoRA) runs timed one after the other, ``t_prep`` the seconds of
     feature collection and SVD."""
     lora_res, salora_res = results
     m = mean.loc[condition]

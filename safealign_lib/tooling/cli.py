@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 from safealign_lib import config, data
 from safealign_lib.course import metrics_io, profiles
 from safealign_lib.models import organism
-from safealign_lib.tooling import breakdown, regress, runner, site, workshop
+from safealign_lib.tooling import breakdown, regress, runner, site, times, workshop
 
 
 def _refuse_overwrite(folder: str | Path, shipped: Path, force: bool, what: str) -> None:
@@ -113,6 +114,36 @@ def _course_run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         extra=params,
     )
+
+
+def _course_prepare(args: argparse.Namespace) -> int:
+    """Fill ``build/`` for a workshop: every notebook of the profile run once (its executed copy
+    and metrics under ``build/prepare/``, apart from a learner's run), so that each later run
+    reads its trained models and measurements from the cache."""
+    out = config.build_dir() / "prepare"
+    start = time.perf_counter()
+    code = _run_and_report(
+        args.profile,
+        args.only or None,
+        out_dir=out / "executed",
+        metrics_file=out / "metrics.json",
+        timeout_s=args.timeout,
+        extra={},
+    )
+    if code == 0:
+        print(
+            f"\nprepared in {time.perf_counter() - start:.0f} s: the trained models and the "
+            f"measurements of profile {args.profile!r} are in {config.build_dir()}; a notebook "
+            "run now reads them instead of computing them again."
+        )
+    return code
+
+
+def _course_times(args: argparse.Namespace) -> int:
+    """Write the notebooks' Time lines and the README's course map from two runs' metrics."""
+    changed = times.write_times(args.cold, args.cached, runner.NOTEBOOK_DIR, args.readme)
+    print("rewrote: " + (", ".join(changed) if changed else "nothing (already up to date)"))
+    return 0
 
 
 def _course_regress(args: argparse.Namespace) -> int:
@@ -217,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
     _add_params(c)  # the notebook parameters work here too (`course --only 04 -p k_grid "[4]"`)
     c.set_defaults(fn=_course)
-    course_sub = c.add_subparsers(dest="course_cmd", metavar="{run,regress,exercises,site}")
+    commands = "{run,prepare,times,regress,exercises,site}"
+    course_sub = c.add_subparsers(dest="course_cmd", metavar=commands)
     ce = course_sub.add_parser(
         "exercises", help="write the exercise notebooks (solutions replaced by stubs)"
     )
@@ -241,6 +273,20 @@ def main(argv: list[str] | None = None) -> int:
     cr.add_argument("--output", default=None, help="executed/ and metrics.json (default build/)")
     cr.add_argument("--timeout", type=int, default=keep, help="seconds per cell")
     cr.set_defaults(fn=_course_run)
+    cp = course_sub.add_parser(
+        "prepare", help="before a workshop: run every notebook once to fill build/'s caches"
+    )
+    cp.add_argument("--profile", default=keep, choices=sorted(profiles.PROFILE_NAMES))
+    cp.add_argument("--only", nargs="*", default=keep, help="notebook numbers (default: all)")
+    cp.add_argument("--timeout", type=int, default=keep, help="seconds per cell")
+    cp.set_defaults(fn=_course_prepare)
+    ct = course_sub.add_parser(
+        "times", help="write the Time lines and the course map from two runs' wall times"
+    )
+    ct.add_argument("--cold", required=True, help="metrics.json of a run from an empty build/")
+    ct.add_argument("--cached", required=True, help="metrics.json of a second run on it")
+    ct.add_argument("--readme", default="README.md", help="its course map (default README.md)")
+    ct.set_defaults(fn=_course_times)
     cg = course_sub.add_parser("regress", help="compare metrics with a baseline")
     cg.add_argument("--baseline", required=True, help="e.g. baselines/smoke.json")
     cg.add_argument("--metrics", nargs="+", help="default build/metrics.json; later files win")
