@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -453,3 +454,51 @@ def test_code_line_budget_leaves_out_the_solutions(tmp_path):
     nb = {"cells": [{**code, "source": CELL}], "metadata": {}}
     (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
     assert nbtools.code_lines(tmp_path / "nb.ipynb") == 3  # import, def line, check call
+
+
+def test_an_optional_exercise_never_blocks_the_cells_after_it(capsys):
+    """Issue 24: while an optional exercise is still the stub, the cells after it use the
+    library's reference and say so once; a written function is used as it is, and its own
+    errors are not hidden."""
+
+    def mean_sd(values):
+        raise NotImplementedError("the sample sd divides by n - 1")
+
+    mine = exercises.optional(mean_sd)
+    assert mine([1.0, 2.0, 3.0]) == (2.0, 1.0) and mine([0.0, 2.0]) == (1.0, pytest.approx(2**0.5))
+    assert capsys.readouterr().out.count("not written yet") == 1
+
+    def paired_verdict(lora, method, min_lora, n_se):
+        return 7  # the learner's own answer, right or wrong, is what the cell shows
+
+    assert exercises.optional(paired_verdict)([0.5, 0.6], [0.1, 0.2], 0.15, 2.0) == 7
+
+    def stub(lora, method, min_lora, n_se):
+        raise NotImplementedError("mean over seeds, paired differences")
+
+    stub.__name__ = "paired_verdict"
+    assert exercises.optional(stub)([0.5, 0.6], [0.1, 0.2], 0.15, 2.0) == 1  # the library's
+
+    def broken(values):
+        raise ValueError("a bug of the learner's")
+
+    broken.__name__ = "mean_sd"
+    with pytest.raises(ValueError, match="learner"):
+        exercises.optional(broken)([1.0, 2.0])
+    with pytest.raises(KeyError, match="optional exercise"):
+        exercises.optional(lambda v: v)
+
+
+@pytest.mark.parametrize("name", ["mean_sd", "paired_verdict"])
+def test_the_cells_after_an_optional_exercise_go_through_optional(name):
+    """In the learners' notebooks, every cell that uses an optional exercise's function (other
+    than its own definition and its check) wraps it in ``exercises.optional``."""
+    uses = []
+    for path in sorted(Path("exercises").glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            src = "".join(cell["source"])
+            if cell["cell_type"] != "code" or f"def {name}(" in src:
+                continue  # the exercise's own cell: its definition and its check
+            if re.search(rf"\b{name}\b", src):
+                uses.append((path.name, f"exercises.optional({name})" in src))
+    assert uses and all(ok for _, ok in uses), uses

@@ -12,11 +12,47 @@ import numpy as np
 import torch
 
 from safealign_lib.evaluation.judges import GCG_KEYWORDS, KeywordJudge
+from safealign_lib.evaluation.tables import paired_decrease
 
 
 def _report(name: str, ok: bool, detail: str = "") -> bool:
     print(f"{'PASS' if ok else 'FAIL'}: {name}" + (f" — {detail}" if detail else ""))
     return ok
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    """The reference of notebook 01's optional exercise: mean and sample sd (ddof = 1)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1))
+
+
+# the library's answer to each optional exercise, for the cells after it (see :func:`optional`)
+REFERENCES: dict[str, Callable] = {"mean_sd": _mean_sd, "paired_verdict": paired_decrease}
+
+
+def optional(fn: Callable) -> Callable:
+    """The learner's ``fn`` for an optional exercise, or the library's reference while ``fn`` is
+    still the stub (it raises ``NotImplementedError``): the cells after an optional exercise run
+    either way, and say once which one they used."""
+    reference = REFERENCES.get(fn.__name__)
+    if reference is None:
+        raise KeyError(
+            f"No optional exercise is called {fn.__name__!r}; known: {list(REFERENCES)}."
+        )
+    said = []
+
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NotImplementedError:
+            if not said:
+                print(
+                    f"{fn.__name__} is not written yet (an optional exercise): this cell uses "
+                    "the library's reference instead."
+                )
+                said.append(True)
+            return reference(*args, **kwargs)
+
+    return call
 
 
 JUDGE_CASES = [
