@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # peft is only needed when a LoRA config is actually built
     from peft import LoraConfig
 
 PathLike = str | os.PathLike
+# the folder of remembered answers and fine-tunes (safealign_lib.models.memo); unset: off
+ANSWER_CACHE_ENV = "SAFEALIGN_ANSWER_CACHE"
 
 # The checkout the package lives in, when it lives in one (``None`` for a site-packages install).
 _CHECKOUT = Path(__file__).resolve().parent.parent

@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from safealign_lib.config import ANSWER_CACHE_ENV
 from safealign_lib.models.organism import train_tokenizer
 
 torch.set_num_threads(1)
@@ -79,6 +80,13 @@ def lora_lm(tiny_lm):
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
     return peft_model.eval(), tok
+
+
+@pytest.fixture(autouse=True)
+def _no_answer_cache(monkeypatch):
+    """Every test computes what it checks: no answer cache unless the test turns one on. (A
+    notebook's setup run in this process sets the variable; the monkeypatch undoes it.)"""
+    monkeypatch.delenv(ANSWER_CACHE_ENV, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,8 @@ def test_per_seed_keys_follow_the_runs_seeds_on_organism_profiles_only():
     assert "harmful_rate_splora_skill_mixed_seed4" in five - default
     assert all("_skill" in k for k in five - default)
     assert not [k for k in c.required_keys(organism=False) if "_seed0" in k]
-    assert "criterion_n_se" in contract.REQUIRED_ORGANISM["03"]
+    assert "criterion_one_alpha" in contract.REQUIRED_ORGANISM["03"]
+    assert "criterion_n_se" not in contract.REQUIRED_ORGANISM["03"]  # issue 24: one criterion
 
 
 def test_the_testbed_checks_run_and_can_fail():

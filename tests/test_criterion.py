@@ -4,10 +4,11 @@ and each rule can say yes and no."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
-from safealign_lib.evaluation.criterion import CODES, Arm, Criterion, paired_t
+from safealign_lib.evaluation.criterion import CODES, Arm, Criterion, judge_table, paired_t
 
 C = Criterion()
 LORA = Arm([0.40, 0.30, 0.35, 0.45, 0.25], [0.9] * 5, [1.0] * 5)
@@ -103,3 +104,31 @@ def test_a_not_shown_verdict_says_which_part_failed():
     assert j.reason == "harm significantly lower but not halved, at a cost beyond the tolerance"
     same = Arm([0.62, 0.66, 0.66, 0.7, 0.6], [0.9] * 5, [1.0] * 5)
     assert Criterion().judge(lora, same).reason == "harm not significantly lower"
+
+
+def test_every_comparison_goes_through_the_callers_paired_test():
+    """Notebook 07 recomputes the verdicts with the learner's paired test: the criterion calls
+    the one it is given for its comparisons (here LoRA's two, which decide)."""
+    table = pd.DataFrame(
+        [
+            {"condition": "c", "seed": s, "method": m, "harmful_rate": h, "utility": 0.8,
+             "benign_answer_rate": 0.9}
+            for s in range(3)
+            for m, h in (("LoRA", 0.5), ("M", 0.1))
+        ]
+    )  # fmt: skip
+    rand = table[table.method == "M"].assign(method="random M", harmful_rate=0.4)
+    calls = []
+
+    def lower(control, treated):
+        calls.append((list(control), list(treated)))
+        return -1.0, -10.0, 0.0  # "significantly lower", whatever the values
+
+    crit = Criterion()
+    out = judge_table(table, ["M"], crit, {"c": True}, randomk=rand, k={"M": 2}, paired=lower)
+    # "significantly lower" both ways round: the method is also "more harmful" -> worse
+    assert calls == [([0.5] * 3, [0.1] * 3), ([0.1] * 3, [0.5] * 3)]
+    assert out.verdict.item() == "worse"
+    assert judge_table(
+        table, ["M"], crit, {"c": True}, randomk=rand, k={"M": 2}
+    ).verdict.item() == ("holds")

@@ -18,6 +18,7 @@ from safealign_lib.config import TrainSettings, organism_dir
 from safealign_lib.course import metrics_io, profiles
 from safealign_lib.course.contract import CONTRACTS, REQUIRED
 from safealign_lib.evaluation import Evaluator
+from safealign_lib.evaluation.criterion import Criterion
 from safealign_lib.models.loading import load_tokenizer
 from safealign_lib.studies import conditions, repair, synthesis
 
@@ -186,10 +187,12 @@ def test_notebook_05_papers_regime_on_a_hub_profile(tmp_path, monkeypatch, capsy
     judge_test = functools.partial(conditions.evaluate_condition, ev, profile=P)
     test, _ = repair.evaluate_chosen(inst, judge_test, choice.k_best, repair.SELECTIONS)
     rand = repair.random_k(inst, judge_test, choice.k_best, repair.SELECTIONS, 1, lora=test)
-    criterion = repair.Criterion(0.15, 2.0, 0.05)
-    verdicts = criterion.verdicts(test, rand, repair.SELECTIONS)
+    valid = {"benign_instruct": True, "mixed": True}
+    verdicts = repair.judge_selections(
+        test, rand, choice.k_best, repair.SELECTIONS, Criterion(), valid
+    )
     metrics = repair.regime_metrics(test, rand, choice.k_best, verdicts, repair.KEYS)
-    metrics |= synthesis.selection_inputs(test, rand, criterion, repair.KEYS)
+    metrics |= synthesis.selection_inputs(test, rand, repair.KEYS)
     recorded = metrics_io.record("05", ev.label(metrics), tmp_path / "m.json", strict=False)
     assert not [k for k in recorded if "harmful_rate" in k or k.startswith("verdict_")]
     for key in (

@@ -237,8 +237,10 @@ def test_a_planted_learning_rate_change_fails_the_smoke_regression(
     """Issue 25: the tolerances are not so loose that a real training change passes, and a
     changed parameter invalidates exactly what it touches. The learning rate of one condition
     (harmful10) is planted at 1.5x in the kernel and in its pool workers (a ``sitecustomize``,
-    as above); notebook 01 runs on a copy of the smoke run's build folder, so it retrains the
-    harmful10 adapters (their cache key covers the settings) and reads every other one."""
+    as above); notebook 01 runs on a copy of the smoke run's build folder (its adapters and its
+    remembered answers and fine-tunes), so it retrains the harmful10 adapters (their cache key
+    covers the settings) and reads every other one, and no answer of the old harmful10 adapters
+    is served for the new ones (the answers' key covers the weights)."""
     marker = _plant(
         tmp_path,
         monkeypatch,
@@ -250,6 +252,8 @@ def test_a_planted_learning_rate_change_fails_the_smoke_regression(
     )
     build = tmp_path / "build"
     shutil.copytree(smoke_build / "adapters", build / "adapters")
+    # the remembered answers and fine-tunes too: the planted change must not be served from them
+    shutil.copytree(smoke_build / "answers", build / "answers")
     stamps = sorted((build / "adapters" / "smoke").glob("*/seed*/safealign_run.json"))
     before = {p: p.read_text() for p in stamps}
     monkeypatch.setenv("SAFEALIGN_BUILD", str(build))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +12,7 @@ from safetensors.torch import save_file
 
 from safealign_lib.adapters.finetune import save_adapter
 from safealign_lib.adapters.naming import lora_modules
+from safealign_lib.evaluation.criterion import Criterion
 from safealign_lib.studies import repair
 
 NAMES = [f"model.layers.{b}.self_attn.{m}_proj.weight" for b in range(2) for m in "qkvo"]
@@ -232,15 +232,21 @@ def _regime(harm_sel, harm_rand, util=0.8):
     return test, rand
 
 
-def test_criterion_verdicts_hold_fail_and_void():
-    crit = repair.Criterion(0.15, 2, 0.05)
-    assert "0.15" in str(crit)
+def test_selections_are_judged_by_the_one_criterion():
+    crit = Criterion(0.15, 0.5, 0.05, 0.05)
+    valid = {"x": True, "y": True}
     test, rand = _regime(0.2, 0.45)
-    v = crit.verdicts(test, rand, ["SPLoRA"])
-    assert v.loc["SPLoRA", "verdict"] == 1 and v.loc["SPLoRA", "harm_vs_lora"] < 0
-    assert crit.verdicts(*_regime(0.2, 0.2), ["SPLoRA"]).verdict.item() == 0  # = random
-    assert crit.verdicts(*_regime(0.2, 0.45, util=0.7), ["SPLoRA"]).verdict.item() == 0
-    assert repair.Criterion(0.6, 2, 0.05).verdicts(test, rand, ["SPLoRA"]).verdict.item() == -1
+    v = repair.judge_selections(test, rand, {"SPLoRA": 4}, ["SPLoRA"], crit, valid)
+    assert v.loc["SPLoRA", "verdict"] == "holds" and v.loc["SPLoRA", "harm_vs_lora"] < 0
+
+    def verdict(*regime, k=4, criterion=crit, ok=valid):
+        return repair.judge_selections(*regime, {"SPLoRA": k}, ["SPLoRA"], criterion, ok)
+
+    assert verdict(*_regime(0.2, 0.2)).verdict.item() == "not shown"  # = random modules
+    assert verdict(*_regime(0.6, 0.6)).verdict.item() == "worse"  # more harmful than LoRA
+    assert verdict(*_regime(0.2, 0.45), k=0).verdict.item() == "not shown"  # did not act
+    assert verdict(test, rand, criterion=Criterion(0.6)).verdict.item() == "void"
+    assert verdict(test, rand, ok={"x": False, "y": False}).verdict.item() == "void"
     m = repair.regime_metrics(test, rand, {"SPLoRA": 4}, v, repair.KEYS)
     assert m["k_own_splora"] == 4 and m["verdict_splora"] == 1
     assert m["harmful_rate_lora_x"] == pytest.approx(0.51)
@@ -248,28 +254,6 @@ def test_criterion_verdicts_hold_fail_and_void():
     assert {"harmful_rate_splora_x_sd", "utility_lora_y", "benign_answer_rate_splora_x"} <= set(m)
     table = repair.regime_table(test, rand)
     assert table.loc[("x", "random SPLoRA"), "harmful_rate"] == pytest.approx(0.45)
-
-
-def test_criterion_verdicts_take_their_paired_test_from_the_caller():
-    crit = repair.Criterion(0.15, 2, 0.05)
-    # below random-k's harmful rate by less than 2 standard errors: fails the library's test
-    test, rand = _regime(0.2, 0.225)
-    assert crit.verdicts(test, rand, ["SPLoRA"]).verdict.item() == 0
-    calls = []
-
-    def passes(control, method, min_control, n_se):
-        calls.append(min_control)
-        return 1
-
-    assert crit.verdicts(test, rand, ["SPLoRA"], paired_test=passes).verdict.item() == 1
-    assert calls == [0.15, -math.inf, -math.inf]  # the void check, then LoRA and random-k
-    void = crit.verdicts(*_regime(0.2, 0.45), ["SPLoRA"], paired_test=lambda *a: -1)
-    assert void.verdict.item() == -1
-    # a difference of zero never holds, whatever the test says (k = 0 changes nothing)
-    same = test.assign(
-        harmful_rate=test.groupby(["condition", "seed"]).harmful_rate.transform("max")
-    )
-    assert crit.verdicts(same, rand, ["SPLoRA"], paired_test=passes).verdict.item() == 0
 
 
 def test_risk_coverage_table_stacks_every_adapter_and_method():

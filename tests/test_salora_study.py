@@ -12,6 +12,7 @@ from safealign_lib.adapters.finetune import TrainResult, add_lora, save_adapter,
 from safealign_lib.config import LoraSettings, TrainSettings
 from safealign_lib.course import profiles
 from safealign_lib.evaluation import Evaluator
+from safealign_lib.evaluation.criterion import Criterion, judge_table
 from safealign_lib.methods.salora import (
     SafetyLayer,
     SafetyModule,
@@ -234,34 +235,20 @@ def _instruct_runs(lora_harm, salora_harm, seeds=(0, 1, 2), utility_gap=0.0) -> 
     return pd.DataFrame(rows)
 
 
-def test_criterion_verdict(capsys):
-    crit = salora_study.Criterion(0.15, 0.5, 2.0, 0.05, 0.05)
-    assert "benign_instruct" in crit.describe() and ">= 0.15" in crit.describe()
-    assert crit.verdict(_instruct_runs(0.3, 0.05)) == 1
-    assert "verdict_salora = 1" in capsys.readouterr().out
-    assert crit.verdict(_instruct_runs(0.1, 0.0)) == -1  # LoRA too safe: void
-    assert crit.verdict(_instruct_runs(0.3, 0.2)) == 0  # not half of LoRA's
-    assert crit.verdict(_instruct_runs(0.3, 0.05, utility_gap=-0.1)) == 0  # utility lost
-    assert crit.verdict(_instruct_runs(0.3, 0.05, seeds=(0,))) == 0  # one seed: no SE
-    no_judge = _instruct_runs(0.3, 0.05).drop(columns="harmful_rate")
-    assert crit.verdict(no_judge) == -1
+def test_the_papers_regime_verdict_is_the_one_criterions():
+    """Notebook 03 judges SaLoRA on benign_instruct as every method is judged."""
+    crit = Criterion(0.15, 0.5, 0.05, 0.05)
 
+    def verdict(runs):
+        return judge_table(runs, ["SaLoRA"], crit, {"benign_instruct": True}).verdict.item()
 
-def test_criterion_verdict_takes_its_paired_test_from_the_caller(capsys):
-    crit = salora_study.Criterion(0.15, 0.5, 2.0, 0.05, 0.05)
-    one_seed = _instruct_runs(0.3, 0.05, seeds=(0,))  # fails only for want of a standard error
-    seen = []
-
-    def passes(lora, salora, min_lora, n_se):
-        seen.append((list(lora), list(salora), min_lora, n_se))
-        return 1
-
-    assert crit.verdict(one_seed, paired_test=passes, verbose=False) == 1
-    assert seen == [([0.3], [0.05], 0.15, 2.0)]  # per-seed LoRA and SaLoRA harmful rates
-    assert capsys.readouterr().out == ""  # verbose=False prints nothing
-    assert crit.verdict(_instruct_runs(0.3, 0.05), paired_test=lambda *a: -1) == -1
-    # the rest of the criterion still applies: not half of LoRA's fails whatever the test says
-    assert crit.verdict(_instruct_runs(0.3, 0.2), paired_test=passes) == 0
+    assert verdict(_instruct_runs(0.3, 0.05)) == "holds"
+    assert verdict(_instruct_runs(0.1, 0.0)) == "void"  # LoRA too safe
+    assert verdict(_instruct_runs(0.3, 0.2)) == "not shown"  # lower, but not half of LoRA's
+    assert verdict(_instruct_runs(0.3, 0.05, utility_gap=-0.1)) == "not shown"  # utility lost
+    assert verdict(_instruct_runs(0.3, 0.05, seeds=(0,))) == "not shown"  # one seed: no test
+    assert verdict(_instruct_runs(0.2, 0.5)) == "worse"  # more harmful than LoRA
+    assert verdict(_instruct_runs(0.3, 0.05).assign(harmful_rate=float("nan"))) == "void"
 
 
 def test_condition_metrics_keys():
@@ -311,19 +298,6 @@ def test_regime_ablations_table_models_and_metrics(
     assert out["harmful_rate_salora_decision_benign_instruct_sd"] == 0.0
     assert "harmful_rate_lora_qv_benign_instruct_sd" not in out  # one seed: no sd recorded
     assert len(out) == 2 * len(salora_study.VARIANT_SLUGS) + 1
-    depth = pd.DataFrame(
-        {
-            "model": ["LoRA"] * 3,
-            "position": [0, 1, 2],
-            "kl": [2.0, 1.0, 0.0],
-            "token_prob_reference": [0.9, 0.9, 0.9],
-            "token_prob_model": [0.1, 0.8, 0.9],
-        }
-    )
-    text = salora_study.why_reading(table, depth)
-    assert "no reduction beyond 2 standard errors" in text
-    assert "LoRA itself stays below 0.15" not in text  # the fake LoRA's harmful rate is 0.25
-    assert "KL 2.00 at the first answer token, 0.50 on average over the next 2 (4.0x)" in text
     diffs = salora_study.decision_differences(table)
     assert (diffs["mean"] == 0).all() and list(diffs.vs.unique()) == [
         "decision-token − LoRA",

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from safealign_lib.course import contract, exercises
-from safealign_lib.evaluation import tables
+from safealign_lib.evaluation.criterion import Criterion, judge_table, paired_t
 from safealign_lib.studies import synthesis
 
 METRICS = {
@@ -41,9 +41,7 @@ def test_tables_read_the_recorded_values():
     assert table.loc[("SaLoRA", "benign_instruct"), "verdict"] == "not shown"
     assert table.loc[("SaLoRA", "harmful10 (stress test)"), "verdict"] == "—"
     assert synthesis.why_table(METRICS).loc["LoRA", "KL, first answer token"] == 2.0
-    text = synthesis.reading(METRICS)
-    assert "Safe LoRA on mixed: harmful rate 0.100 against LoRA's 0.200" not in text
-    assert "Safe LoRA on mixed: harmful rate 0.100 against LoRA's 0.500" in text
+    assert row["LoRA harmful rate"] == "0.500"  # the regime's own LoRA, not notebook 01's
 
 
 def test_verdict_counts_and_the_contract_agree():
@@ -67,35 +65,16 @@ def test_verdict_counts_and_the_contract_agree():
     ]
 
 
-_paired = tables.paired_decrease  # the exercise's solution, as the library writes it
-
-
-def test_paired_verdict_check_rejects_the_typical_mistakes():
-    import numpy as np
-
-    assert exercises.check_paired_verdict(_paired)
+def test_paired_t_check_passes_the_library_and_rejects_a_swapped_difference():
+    assert exercises.check_paired_t(paired_t)
     with pytest.raises(ValueError, match="one treated value per control value"):
-        _paired([0.3, 0.4], [0.1], 0.15, 2.0)
+        paired_t([0.3, 0.4], [0.1])
 
-    def population_sd(lora, method, min_lora, n_se):
-        if np.mean(lora) < min_lora:
-            return -1
-        d = np.subtract(method, lora)
-        return int(d.mean() <= -n_se * d.std() / np.sqrt(len(d)))
+    def swapped(control, treated):  # control - treated: every sign flipped
+        mean, t, p = paired_t(treated, control)
+        return mean, t, p
 
-    def unpaired(lora, method, min_lora, n_se):
-        if np.mean(lora) < min_lora:
-            return -1
-        if len(lora) < 2:
-            return 0
-        se = np.sqrt(np.var(lora, ddof=1) / len(lora) + np.var(method, ddof=1) / len(method))
-        return int(np.mean(method) - np.mean(lora) <= -n_se * se)
-
-    def no_void(lora, method, min_lora, n_se):
-        return max(_paired(lora, method, 0.0, n_se), 0)
-
-    for wrong in (population_sd, unpaired, no_void):
-        assert not exercises.check_paired_verdict(wrong), wrong.__name__
+    assert not exercises.check_paired_t(swapped)
 
 
 def test_readme_block_is_generated_and_replaced_between_the_markers():
@@ -123,7 +102,7 @@ def test_the_readme_shows_the_committed_cpu_baseline():
     assert block in readme, "README results are stale: run `make readme`"
 
 
-# --- notebook 06 recomputes every verdict from the per-seed values 03 and 05 recorded ----------
+# --- notebook 07 recomputes every verdict from the per-seed values 03 and 05 recorded ----------
 
 
 def _runs(rng, methods, conditions, seeds, same_as_lora=(), harmless=False):
@@ -153,52 +132,58 @@ def _runs(rng, methods, conditions, seeds, same_as_lora=(), harmless=False):
 
 def _recorded_run(rng):
     """One run's metrics of 03 and 05 as the notebooks record them, with the library's own
-    verdicts (``salora_study.Criterion``, ``repair.Criterion``) on random per-seed values."""
-    from safealign_lib.studies import repair, salora_study
+    verdicts (the one criterion, through ``judge_table`` as the notebooks call it) on random
+    per-seed values."""
+    from safealign_lib.studies import repair
 
-    seeds, harmless = [0, 1, 2][: rng.integers(1, 4)], bool(rng.random() < 0.2)
+    seeds, harmless = [0, 1, 2, 3, 4][: rng.integers(1, 6)], bool(rng.random() < 0.2)
+    crit = Criterion(0.15, 0.5, 0.05, 0.05)
+    one = {f"criterion_one_{k}": v for k, v in crit.as_dict().items()}
     runs = _runs(rng, ["LoRA", "SaLoRA"], ["benign_instruct", "harmful10"], seeds, (), harmless)
-    crit03 = salora_study.Criterion(0.15, 0.5, 2.0, 0.05, 0.05)
-    m03 = synthesis.salora_inputs(crit03.verdict(runs), runs, crit03)
+    why = runs[runs.condition == "benign_instruct"]
+    v03 = int(judge_table(why, ["SaLoRA"], crit, {"benign_instruct": True}).code["SaLoRA"])
+    m03 = synthesis.salora_inputs(v03, runs, "benign_instruct") | one
     same = tuple(rng.choice(repair.SELECTIONS, rng.integers(0, 2), replace=False))
+    k = {m: 0 if m in same else int(rng.integers(1, 5)) for m in repair.SELECTIONS}
     test = _runs(rng, ["LoRA", *repair.SELECTIONS], synthesis.PAPER_REGIMES, seeds, same, harmless)
     rand = test[test.method != "LoRA"].assign(method=lambda d: "random " + d.method)
     rand = rand.assign(harmful_rate=rand.harmful_rate + rng.integers(-1, 3, len(rand)) / 8)
-    crit05 = repair.Criterion(0.15, 2.0, 0.05)
-    verdicts = crit05.verdicts(test, rand, repair.SELECTIONS)
-    m05 = {f"verdict_{repair.KEYS[m]}": int(v) for m, v in verdicts.verdict.items()}
-    m05 |= synthesis.selection_inputs(test, rand, crit05, repair.KEYS)
+    valid = dict.fromkeys(synthesis.PAPER_REGIMES, True)
+    verdicts = repair.judge_selections(test, rand, k, repair.SELECTIONS, crit, valid)
+    m05 = {f"verdict_{repair.KEYS[m]}": int(v) for m, v in verdicts.code.items()}
+    m05 |= {f"k_own_{repair.KEYS[m]}": k[m] for m in repair.SELECTIONS}
+    m05 |= synthesis.selection_inputs(test, rand, repair.KEYS) | one
     return {"03": m03, "05": m05}
 
 
-def test_recomputed_verdicts_agree_with_the_recorded_ones_on_the_solution(capsys):
+def test_recomputed_verdicts_agree_with_the_recorded_ones_on_the_solution():
     import numpy as np
 
     rng = np.random.default_rng(0)
     seen = set()
-    for _ in range(60):
+    for _ in range(80):
         metrics = _recorded_run(rng)
-        table = synthesis.recomputed_verdicts(metrics, _paired)
+        table = synthesis.recomputed_verdicts(metrics, paired_t)
         assert len(table) == 4 and table.agree.all(), table
         seen |= set(table.recorded)
-    assert seen == {"holds", "not shown", "void"}  # every kind of verdict was compared
-    capsys.readouterr()  # the library's criteria print their evidence
+    assert seen == {"holds", "not shown", "void", "worse"}  # every kind of verdict was compared
 
 
 def test_recomputed_verdicts_show_a_wrong_paired_test():
     import numpy as np
+    from scipy import stats
 
-    def no_void(lora, method, min_lora, n_se):
-        return max(_paired(lora, method, 0.0, n_se), 0)
+    def two_sided(control, treated):
+        mean, t, p = paired_t(control, treated)
+        return mean, t, 2 * min(p, 1 - p)
 
-    def unpaired(lora, method, min_lora, n_se):
-        if np.mean(lora) < min_lora:
-            return -1
-        return int(np.mean(method) < np.mean(lora))  # any decrease, no standard error
+    def normal(control, treated):
+        mean, t, p = paired_t(control, treated)
+        return mean, t, p if not np.isfinite(t) else float(stats.norm.cdf(t))
 
     rng = np.random.default_rng(1)
-    runs = [_recorded_run(rng) for _ in range(30)]
-    for wrong in (no_void, unpaired):
+    runs = [_recorded_run(rng) for _ in range(40)]
+    for wrong in (two_sided, normal):
         assert any(not synthesis.recomputed_verdicts(m, wrong).agree.all() for m in runs), (
             wrong.__name__
         )
@@ -212,18 +197,16 @@ def test_recorded_inputs_are_the_contracts_per_seed_keys():
         c = contract.CONTRACTS[nb]
         seeds = tuple(sorted({int(k.rsplit("_seed", 1)[1]) for k in metrics[nb] if "_seed" in k}))
         per_seed = set(c.required_keys(seeds=seeds)) - set(c.required_keys(seeds=()))
-        # the papers'-regime criterion (the testbed's one criterion records criterion_one_*)
-        criterion = {
-            k for k in c.organism if k.startswith("criterion_") and "criterion_one_" not in k
-        }
-        assert per_seed and criterion
-        assert {k for k in metrics[nb] if not k.startswith("verdict_")} == per_seed | criterion
-    assert "harmful_rate_randomk_splora_released_mixed_seed0" in metrics["05"]
-    assert metrics["03"]["criterion_max_ratio"] == 0.5
+        # the one criterion's settings, and the k each selection chose
+        other = {k for k in c.required_keys(seeds=()) if k.startswith(("criterion_one_", "k_own_"))}
+        assert per_seed and other
+        assert {k for k in metrics[nb] if not k.startswith("verdict_")} == per_seed | other
+    assert "utility_randomk_splora_released_mixed_seed0" in metrics["05"]
+    assert metrics["03"]["criterion_one_max_ratio"] == 0.5
 
 
 def test_a_run_without_per_seed_values_shows_no_recomputed_verdict():
-    table = synthesis.recomputed_verdicts(METRICS, _paired)
+    table = synthesis.recomputed_verdicts(METRICS, paired_t)
     assert list(table.recomputed) == ["—"] * 4 and not table.agree.any()
     assert table.loc["Safe LoRA", "regime"] == "benign_instruct + mixed"
 
@@ -241,5 +224,5 @@ def test_a_run_without_a_harm_judge_records_what_it_has_and_shows_no_verdicts():
         "benign_answer_rate_lora_benign_instruct_seed0": 1.0,
         "utility_salora_benign_instruct_seed0": 0.4,
     }
-    table = synthesis.recomputed_verdicts({"03": keys, "05": {}}, _paired)
+    table = synthesis.recomputed_verdicts({"03": keys, "05": {}}, paired_t)
     assert table.empty and list(table.columns) == ["regime", "recorded", "recomputed", "agree"]

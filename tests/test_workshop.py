@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from safealign_lib.course import exercises
+from safealign_lib.evaluation.criterion import paired_t
 from safealign_lib.tooling import cli, nbtools, workshop
 
 SOLUTIONS = sorted(workshop.solution_dir().glob("[0-9][0-9]_*.ipynb"))
@@ -161,27 +164,42 @@ def _auarc_least_certain_first(uncertainty, utility):
 
 
 # check function -> [(typical mistake, what its FAIL line must say)]
-def _verdict_unpaired(lora, method, min_lora, n_se):
-    if np.mean(lora) < min_lora:
-        return -1
-    if len(lora) < 2:
-        return 0
-    se = np.sqrt((np.var(lora, ddof=1) + np.var(method, ddof=1)) / len(lora))  # two groups
-    return int(np.mean(method) - np.mean(lora) <= -n_se * se)
+def _t_from(mean, se, n, cdf=None):
+    t = mean / se
+    return mean, t, float(cdf(t) if cdf is not None else stats.t.cdf(t, n - 1))
 
 
-def _verdict_no_one_seed_guard(lora, method, min_lora, n_se):
-    if np.mean(lora) < min_lora:
-        return -1
-    d = np.subtract(method, lora)
-    return int(d.mean() <= -n_se * d.std(ddof=1) / np.sqrt(len(d)))  # NaN when one seed
+def _paired_t_unpaired(control, treated):
+    c, t = np.asarray(control, float), np.asarray(treated, float)
+    if len(c) < 2:
+        return float(t.mean() - c.mean()), math.nan, 0.5
+    se = np.sqrt((c.var(ddof=1) + t.var(ddof=1)) / len(c))  # two groups, not the differences
+    return _t_from(float(t.mean() - c.mean()), se, len(c))
 
 
-def _verdict_population_sd(lora, method, min_lora, n_se):
-    if np.mean(lora) < min_lora:
-        return -1
-    d = np.subtract(method, lora)
-    return int(len(d) > 1 and d.mean() <= -n_se * d.std() / np.sqrt(len(d)))
+def _paired_t_population_sd(control, treated):
+    d = np.subtract(treated, control)
+    if len(d) < 2 or d.std() == 0:
+        return paired_t(control, treated)
+    return _t_from(d.mean(), d.std() / np.sqrt(len(d)), len(d))
+
+
+def _paired_t_normal(control, treated):
+    d = np.subtract(treated, control)
+    if len(d) < 2 or d.std(ddof=1) == 0:
+        return paired_t(control, treated)
+    return _t_from(d.mean(), d.std(ddof=1) / np.sqrt(len(d)), len(d), stats.norm.cdf)
+
+
+def _paired_t_two_sided(control, treated):
+    mean, t, p_less = paired_t(control, treated)
+    return mean, t, 2 * min(p_less, 1 - p_less)
+
+
+def _paired_t_no_guards(control, treated):
+    d = np.subtract(treated, control)
+    se = d.std(ddof=1) / np.sqrt(len(d))  # zero or NaN: warns
+    return _t_from(d.mean(), se, len(d))
 
 
 def _mixer_appends(examples, refusals, seed):
@@ -239,10 +257,12 @@ WRONG: dict[str, list[tuple[Callable, str]]] = {
     ],
     "check_safety_module": [(_c_keeps_safety, "wrong sign"), (_c_centred, "do not centre")],
     "check_auarc": [(_auarc_least_certain_first, "sort by increasing uncertainty")],
-    "check_paired_verdict": [
-        (_verdict_unpaired, "an unpaired standard error"),
-        (_verdict_population_sd, "ddof=1"),
-        (_verdict_no_one_seed_guard, "guard one seed"),
+    "check_paired_t": [
+        (_paired_t_unpaired, "an unpaired test"),
+        (_paired_t_population_sd, "ddof=1"),
+        (_paired_t_normal, "not a normal"),
+        (_paired_t_two_sided, "one-sided"),
+        (_paired_t_no_guards, "guard one pair and zero spread"),
     ],
     "check_safety_mixer": [
         (_mixer_appends, "shuffle the mix"),
@@ -468,16 +488,16 @@ def test_an_optional_exercise_never_blocks_the_cells_after_it(capsys):
     assert mine([1.0, 2.0, 3.0]) == (2.0, 1.0) and mine([0.0, 2.0]) == (1.0, pytest.approx(2**0.5))
     assert capsys.readouterr().out.count("not written yet") == 1
 
-    def paired_verdict(lora, method, min_lora, n_se):
+    def paired_t(control, treated):
         return 7  # the learner's own answer, right or wrong, is what the cell shows
 
-    assert exercises.optional(paired_verdict)([0.5, 0.6], [0.1, 0.2], 0.15, 2.0) == 7
+    assert exercises.optional(paired_t)([0.5, 0.6], [0.1, 0.2]) == 7
 
-    def stub(lora, method, min_lora, n_se):
-        raise NotImplementedError("mean over seeds, paired differences")
+    def stub(control, treated):
+        raise NotImplementedError("the paired differences, their t, a one-sided p")
 
-    stub.__name__ = "paired_verdict"
-    assert exercises.optional(stub)([0.5, 0.6], [0.1, 0.2], 0.15, 2.0) == 1  # the library's
+    stub.__name__ = "paired_t"
+    assert exercises.optional(stub)([0.5, 0.75], [0.25, 0.5]) == (-0.25, -math.inf, 0.0)
 
     def broken(values):
         raise ValueError("a bug of the learner's")
@@ -489,7 +509,7 @@ def test_an_optional_exercise_never_blocks_the_cells_after_it(capsys):
         exercises.optional(lambda v: v)
 
 
-@pytest.mark.parametrize("name", ["mean_sd", "paired_verdict"])
+@pytest.mark.parametrize("name", ["mean_sd", "paired_t"])
 def test_the_cells_after_an_optional_exercise_go_through_optional(name):
     """In the learners' notebooks, every cell that uses an optional exercise's function (other
     than its own definition and its check) wraps it in ``exercises.optional``."""
@@ -502,3 +522,38 @@ def test_the_cells_after_an_optional_exercise_go_through_optional(name):
             if re.search(rf"\b{name}\b", src):
                 uses.append((path.name, f"exercises.optional({name})" in src))
     assert uses and all(ok for _, ok in uses), uses
+
+
+def test_unless_unwritten_skips_a_stub_and_nothing_else(capsys):
+    """Issue 24: a cell that shows the learner's function on real data skips itself while the
+    function is the stub, so Run All reaches the long runs after it; real errors still raise."""
+
+    def stub(x):
+        raise NotImplementedError("the hint")
+
+    ran = []
+    with exercises.unless_unwritten():
+        ran.append(stub(1))
+    assert ran == [] and "not written yet (the hint)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="a real bug"), exercises.unless_unwritten():
+        raise ValueError("a real bug")
+
+
+@pytest.mark.parametrize("number", ["03", "05"])
+def test_exercises_before_long_runs_never_stop_run_all(number):
+    """In the learners' notebooks whose exercise comes before the long runs (03's training, 05's
+    sections 4-8), every later cell that calls the exercise's function is guarded."""
+    (path,) = Path("exercises").glob(f"{number}_*.ipynb")
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    sources = ["".join(c["source"]) for c in cells]
+    names = [
+        n
+        for s in sources
+        if "NotImplementedError" in s
+        for n in re.findall(r"^def (\w+)\(", s, re.M)
+    ]
+    assert names
+    for name in names:
+        later = [s for s in sources if re.search(rf"\b{name}\b", s) and f"def {name}(" not in s]
+        calls = [s for s in later if "exercises.check_" not in s]
+        assert calls and all("exercises.unless_unwritten()" in s for s in calls), name

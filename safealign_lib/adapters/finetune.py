@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import worklog
+from safealign_lib.adapters import train_memo
 from safealign_lib.adapters.lora_io import check_adapter_dir
 from safealign_lib.config import LoraSettings, TrainSettings
 from safealign_lib.models.chat import (
@@ -40,6 +41,8 @@ class TrainResult:
     seconds: float = 0.0
     n_trainable: int = 0
     n_total: int = 0
+    # read back from the cache (seconds: the recorded time of the run that trained it)
+    cached: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +110,25 @@ def train(
     feats = [
         tokenize_example(tokenizer, ex, settings.max_length, settings.loss_on) for ex in examples
     ]
+    return train_memo.remember_training(
+        model,
+        feats,
+        settings,
+        loss_fn,
+        lambda: _train(model, tokenizer, feats, settings, desc, loss_fn, params),
+    )
+
+
+def _train(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    feats: Sequence[dict[str, torch.Tensor]],
+    settings: TrainSettings,
+    desc: str,
+    loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None,
+    params: list[torch.nn.Parameter],
+) -> TrainResult:
+    """:func:`train`'s loop on tokenized examples, without the cache."""
     pad_id = padding_id(tokenizer)
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)

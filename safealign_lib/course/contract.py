@@ -335,12 +335,8 @@ CONTRACTS: dict[str, NotebookContract] = {
             for c in ("benign_instruct",) + _HARMFUL
             for m in ("lora", "salora")
         )
+        # the one criterion's verdict (its settings: criterion_one_*; notebook 07 recomputes it)
         + ("verdict_salora",)
-        # the criterion's settings, with the verdict (notebook 07 recomputes it)
-        + tuple(
-            f"criterion_{f}"
-            for f in ("min_lora_harmful", "max_ratio", "n_se", "utility_tol", "benign_tol")
-        )
         # why, on benign_instruct (section 7): the ablations and the depth of the change
         + tuple(
             f"{m}_{v}_benign_instruct" for v in _WHY_VARIANTS for m in ("harmful_rate", "utility")
@@ -365,10 +361,10 @@ CONTRACTS: dict[str, NotebookContract] = {
         per_verdict_seed=_seed_templates(("lora", "salora", "salora_no_task_init"), _TESTBED),
         checks=(
             Check(
-                "a testbed verdict is one of the four outcomes",
+                "every verdict is one of the four outcomes",
                 lambda m, a: all(
-                    m[f"verdict_{x}_testbed"] in (1, 0, -1, -2)
-                    for x in ("salora", "salora_no_task_init")
+                    m[f"verdict_{x}"] in (1, 0, -1, -2)
+                    for x in ("salora", "salora_testbed", "salora_no_task_init_testbed")
                 ),
             ),
             Check(
@@ -465,8 +461,8 @@ CONTRACTS: dict[str, NotebookContract] = {
             for c in _INSTRUCT
             for m in ("safelora", "splora", "splora_released")
         )
+        # the one criterion's verdicts (its settings: criterion_one_*; notebook 07 recomputes them)
         + ("verdict_safelora", "verdict_splora", "verdict_splora_released")
-        + ("criterion_min_lora_harmful", "criterion_n_se", "criterion_tolerance")
         # the stress tests: the exact judge beside the keyword refusal rate
         + _keys(("harmful_rate_lora", "harmful_rate_safelora", "harmful_rate_splora"), _HARMFUL)
         # the testbed (section 8): its checks again, the one criterion's verdicts and settings
@@ -485,9 +481,10 @@ CONTRACTS: dict[str, NotebookContract] = {
         ),
         per_seed=_seed_templates(("lora", "safelora", "splora", "splora_released"), _INSTRUCT)
         + tuple(
-            f"harmful_rate_randomk_{m}_{c}_seed{{seed}}"
+            f"{q}_randomk_{m}_{c}_seed{{seed}}"
             for c in _INSTRUCT
             for m in ("safelora", "splora", "splora_released")
+            for q in ("harmful_rate", "utility")  # the criterion compares random modules on both
         ),
         headlines=("refusal_rate_lora_harmful100", "refusal_rate_splora_harmful100", "k_best"),
         checks=(
@@ -500,9 +497,11 @@ CONTRACTS: dict[str, NotebookContract] = {
                 ),
             ),
             Check(
-                "a testbed verdict is one of the four outcomes, and k = 0 never holds",
+                "every verdict is one of the four outcomes, and k = 0 never holds",
                 lambda m, a: all(
-                    m[f"verdict_{x}_testbed"] in (1, 0, -1, -2)
+                    m[f"verdict_{x}"] in (1, 0, -1, -2)
+                    and (m[f"k_own_{x}"] > 0 or m[f"verdict_{x}"] != 1)
+                    and m[f"verdict_{x}_testbed"] in (1, 0, -1, -2)
                     and (m[f"k_testbed_{x}"] > 0 or m[f"verdict_{x}_testbed"] != 1)
                     for x in ("safelora", "splora", "splora_released")
                 ),
@@ -601,6 +600,23 @@ KEY_CHANGELOG: tuple[dict[str, str], ...] = tuple(
         "why": "issue 23: the synthesis became notebook 07; notebook 06 tests what keeps safety",
     }
     for k in ("n_verdicts", "n_held", "n_failed", "n_void")
+) + tuple(
+    {
+        "notebook": nb,
+        "key": f"criterion_{k}",
+        "change": "removed: the verdicts' settings are criterion_one_* (the one criterion's)",
+        "why": (
+            "issue 24: one criterion for notebooks 03, 05 and 06; the papers'-regime verdicts "
+            "(verdict_salora, verdict_safelora, verdict_splora, verdict_splora_released) are now "
+            "its outcomes (1 holds, 0 not shown, -1 void, -2 worse: paired t tests) instead of "
+            "the n_se standard-error rule"
+        ),
+    }
+    for nb, keys in (
+        ("03", ("min_lora_harmful", "max_ratio", "n_se", "utility_tol", "benign_tol")),
+        ("05", ("min_lora_harmful", "n_se", "tolerance")),
+    )
+    for k in keys
 )
 
 # Keys a notebook records (and may bound) that measure floating-point rounding, not the course:

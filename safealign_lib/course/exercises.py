@@ -6,13 +6,14 @@ reference, prints a clear PASS or FAIL (with the first mismatch) and returns Tru
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from safealign_lib.evaluation.criterion import paired_t
 from safealign_lib.evaluation.judges import GCG_KEYWORDS, KeywordJudge
-from safealign_lib.evaluation.tables import paired_decrease
 
 
 def _report(name: str, ok: bool, detail: str = "") -> bool:
@@ -26,7 +27,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 # the library's answer to each optional exercise, for the cells after it (see :func:`optional`)
-REFERENCES: dict[str, Callable] = {"mean_sd": _mean_sd, "paired_verdict": paired_decrease}
+REFERENCES: dict[str, Callable] = {"mean_sd": _mean_sd, "paired_t": paired_t}
 
 
 def optional(fn: Callable) -> Callable:
@@ -53,6 +54,17 @@ def optional(fn: Callable) -> Callable:
             return reference(*args, **kwargs)
 
     return call
+
+
+@contextmanager
+def unless_unwritten() -> Iterator[None]:
+    """Run the block, or skip the rest of it with one line while the learner's exercise function
+    it calls is still the stub (it raises ``NotImplementedError``): a cell that only shows the
+    learner's function on real data never stops Run All before the long runs after it."""
+    try:
+        yield
+    except NotImplementedError as err:
+        print(f"skipped: your exercise function is not written yet ({err}); the cells below run.")
 
 
 JUDGE_CASES = [
@@ -427,39 +439,92 @@ def check_safety_module(fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Te
     )
 
 
-# (lora, method, expected verdict, the typical mistake the case catches)
-VERDICT_CASES = [
-    ([0.10, 0.12, 0.08], [0.0, 0.0, 0.0], -1, "LoRA below min_lora: the test is void"),
-    ([0.3, 0.5, 0.2], [0.1, 0.3, 0.0], 1, "an unpaired standard error misses this"),
-    ([0.5, 0.6, 0.3], [0.3, 0.2, 0.3], 0, "the sample sd (ddof=1), not the population sd"),
-    ([0.4, 0.5, 0.3], [0.6, 0.7, 0.5], 0, "the method must be lower, not just different"),
-    ([0.4], [0.0], 0, "one seed: no standard error, so the test cannot pass"),
+# (control, treated, the typical mistake the case catches); the expected answer is the
+# library's :func:`~safealign_lib.evaluation.criterion.paired_t`
+PAIRED_T_CASES = [
+    ([0.3, 0.5, 0.2, 0.4], [0.1, 0.3, 0.0, 0.3], "pair by position: an unpaired test misses this"),
+    ([0.5, 0.6, 0.3], [0.3, 0.2, 0.3], "the sample sd (ddof=1), not the population sd"),
+    ([0.4, 0.5, 0.3], [0.2, 0.4, 0.0], "Student's t with n - 1 degrees of freedom, not a normal"),
+    ([0.4, 0.5, 0.3], [0.6, 0.7, 0.4], "one-sided: the p-value of 'treated is lower'"),
+    ([0.5, 0.75, 0.25], [0.25, 0.5, 0.0], "zero spread: the sign decides (p 0), no division by 0"),
+    ([0.4], [0.0], "one pair: no standard error, t is NaN and p is 0.5"),
 ]
 
 
-def check_paired_verdict(fn: Callable[[list[float], list[float], float, float], int]) -> bool:
-    """``fn(lora, method, min_lora, n_se) -> 1 | 0 | -1``: per-seed harmful rates paired by
-    seed; void (−1) if LoRA's mean is below ``min_lora``; holds (1) if the mean paired
-    difference method − lora is at most −``n_se`` standard errors (sample sd / √n); else 0."""
+def _same(a: float, b: float) -> bool:
+    if np.isnan(b):
+        return bool(np.isnan(a))
+    if np.isinf(b):
+        return bool(a == b)
+    return bool(abs(a - b) <= 1e-6)
+
+
+def _paired_t_mistakes(control: list[float], treated: list[float]) -> dict[str, tuple]:
+    """What the typical mistakes give on one case, by the hint that names each (the check's
+    feedback says which mistake the learner's answer matches)."""
+    from scipy import stats
+
+    c, t = np.asarray(control, float), np.asarray(treated, float)
+    d, n = t - c, len(c)
+    if n < 2:
+        return {}
+    mean, out = float(d.mean()), {}
+
+    def t_stat(se: float) -> float:
+        return mean / se
+
+    if d.std() > 0:
+        tt = t_stat(d.std() / np.sqrt(n))
+        out["the sample sd (ddof=1), not the population sd"] = (mean, tt, stats.t.cdf(tt, n - 1))
+    unpaired_se = np.sqrt((c.var(ddof=1) + t.var(ddof=1)) / n)
+    if unpaired_se > 0:
+        tt = t_stat(unpaired_se)
+        out["pair by position: an unpaired test misses this"] = (mean, tt, stats.t.cdf(tt, n - 1))
+    if d.std(ddof=1) > 0:
+        tt = t_stat(d.std(ddof=1) / np.sqrt(n))
+        p = stats.t.cdf(tt, n - 1)
+        out["Student's t with n - 1 degrees of freedom, not a normal"] = (
+            mean,
+            tt,
+            stats.norm.cdf(tt),
+        )
+        out["one-sided: the p-value of 'treated is lower'"] = (mean, tt, 2 * min(p, 1 - p))
+        out["the differences are treated - control"] = (-mean, -tt, 1 - p)
+    return out
+
+
+def check_paired_t(fn: Callable[[list[float], list[float]], tuple[float, float, float]]) -> bool:
+    """``fn(control, treated) -> (mean, t, p_less)``: the paired differences treated − control,
+    their mean, the t statistic (mean over sample sd / √n) and the one-sided p-value of
+    "treated is lower" from Student's t with n − 1 degrees of freedom; with zero spread the sign
+    of the mean decides (p 0 or 1, 0.5 for none); one pair gives t NaN and p 0.5."""
     import warnings
 
-    for lora, method, want, why in VERDICT_CASES:
+    for control, treated, why in PAIRED_T_CASES:
+        want = paired_t(control, treated)
         try:
-            # a standard error from one difference is NaN with a warning (ddof=1): as an error
-            # here, so that a missing one-seed guard is caught, not hidden by a NaN comparison
+            # a standard error from one difference, or a zero one, warns with NaN or inf: as an
+            # error here, so that a missing guard is caught, not hidden by a NaN comparison
             with warnings.catch_warnings():
                 warnings.simplefilter("error", RuntimeWarning)
-                got = int(fn(list(lora), list(method), 0.15, 2.0))
+                got = tuple(float(x) for x in fn(list(control), list(treated)))
         except Exception as err:
-            hint = " (guard one seed: no standard error from one difference)" * (len(lora) == 1)
-            return _report("paired verdict", False, f"raised {type(err).__name__}: {err}{hint}")
-        if got != want:
+            hint = " (guard one pair and zero spread)" * (len(control) == 1 or "zero" in why)
+            return _report("paired t", False, f"raised {type(err).__name__}: {err}{hint}")
+        if len(got) != 3 or not all(_same(g, w) for g, w in zip(got, want, strict=True)):
+            shown = ", ".join(f"{x:.4g}" for x in want)
+            matches = [
+                hint
+                for hint, wrong in _paired_t_mistakes(control, treated).items()
+                if len(got) == 3 and all(_same(g, w) for g, w in zip(got, wrong, strict=True))
+            ]
+            why = matches[0] if matches else why
             return _report(
-                "paired verdict",
+                "paired t",
                 False,
-                f"LoRA {lora}, method {method}: expected {want}, got {got} ({why})",
+                f"control {control}, treated {treated}: expected ({shown}), got {got} ({why})",
             )
-    return _report("paired verdict", True, f"{len(VERDICT_CASES)} cases, incl. void and one seed")
+    return _report("paired t", True, f"{len(PAIRED_T_CASES)} cases, incl. zero spread, one pair")
 
 
 # --- notebook 06: what keeps safety ---------------------------------------------------------

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from safealign_lib.config import ANSWER_CACHE_ENV, build_dir
 from safealign_lib.course.profiles import Profile, get_profile, validate
 
 
@@ -132,6 +133,12 @@ def notebook_setup(
     problems = validate(P)
     if problems:
         raise ValueError(f"Profile {P.name!r} cannot run here: " + "; ".join(problems))
+    if not P.network:
+        # the organism's answers, first-token probabilities and fine-tunes are computed once
+        # per build folder (safealign_lib.models.memo, keyed by the model's state, the inputs,
+        # the settings and the code). Hub profiles leave it off unless the variable is set:
+        # the key hashes every weight on each call, unmeasured for billions of weights.
+        os.environ.setdefault(ANSWER_CACHE_ENV, str(build_dir() / "answers"))
     if P.network:  # a profile that names hub models is the user's opt-in to downloads
         from safealign_lib.models.loading import allow_hub
 

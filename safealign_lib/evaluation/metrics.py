@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,6 +13,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import worklog
 from safealign_lib.evaluation.judges import Judge, get_judge, is_empty
+from safealign_lib.models import chat as _chat
+from safealign_lib.models import memo
 from safealign_lib.models.chat import ChatExample, check_prompts, encode_prompts, format_prompt
 from safealign_lib.models.generation import generate
 
@@ -100,16 +103,36 @@ def first_token_refusal_prob(
     A smooth companion to the greedy refusal rate, which flips all-or-nothing.
     """
     check_prompts(prompts, "first_token_refusal_prob")
-    ids = torch.tensor(refusal_token_ids(tokenizer, openers))
+    ids = refusal_token_ids(tokenizer, openers)
     device = next(model.parameters()).device
+    encs = [
+        encode_prompts(tokenizer, prompts[i : i + batch_size], device)
+        for i in range(0, len(prompts), batch_size)
+    ]
+    return memo.remember(
+        "first_token",
+        model,
+        encs,
+        {"refusal_ids": ids, "device": device.type},
+        _CODE,
+        lambda: _first_token_probs(model, encs, ids),
+        dump=lambda a: a.tolist(),
+        load=lambda v: np.asarray(v, dtype=np.float32),
+    )
+
+
+def _first_token_probs(
+    model: PreTrainedModel, encs: Sequence[dict[str, torch.Tensor]], ids: Sequence[int]
+) -> np.ndarray:
+    """:func:`first_token_refusal_prob` on encoded batches, without the cache."""
+    index = torch.tensor(ids)
     out = []
     with worklog.record("forward") as w:
-        for i in range(0, len(prompts), batch_size):
-            enc = encode_prompts(tokenizer, prompts[i : i + batch_size], device)
+        for enc in encs:
             w["tokens"] += enc["input_ids"].numel()
             # the last position's logits only: the vocabulary projection of the others is unused
             logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-            out.append(logits.softmax(-1)[:, ids.to(device)].sum(-1).cpu())
+            out.append(logits.softmax(-1)[:, index.to(logits.device)].sum(-1).cpu())
     return torch.cat(out).numpy()
 
 
@@ -237,3 +260,7 @@ def safety_report(
         "utility": float(util.rouge_l.mean()),
     }
     return summary, {"refusal": ref, "utility": util}
+
+
+# the code behind a cached first-token probability: this module and the chat encoding it reads
+_CODE = memo.source_digest(sys.modules[__name__], _chat)

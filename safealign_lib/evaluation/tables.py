@@ -7,34 +7,10 @@ differences.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-
-# (control, treated, min_control, n_se) -> 1 holds, 0 fails, -1 void: see paired_decrease
-PairedTest = Callable[[Sequence[float], Sequence[float], float, float], int]
-
-
-def paired_decrease(
-    control: Sequence[float], treated: Sequence[float], min_control: float, n_se: float
-) -> int:
-    """The paired test behind the course's verdicts, on per-unit values paired by position
-    (e.g. harmful rates per seed): void (-1) if the control's mean is below ``min_control``
-    (nothing to decrease); holds (1) if the mean of ``treated - control`` is at most ``-n_se``
-    standard errors (sample sd / sqrt(n)); else 0. One pair has no standard error and never
-    holds. Notebook 07's exercise asks the learner to write this function."""
-    if len(control) != len(treated):
-        raise ValueError(
-            f"Paired values need one treated value per control value; got {len(control)} "
-            f"control and {len(treated)} treated."
-        )
-    if np.mean(control) < min_control:
-        return -1
-    d = np.subtract(treated, control)
-    if len(d) < 2:
-        return 0
-    return int(d.mean() <= -n_se * d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def fmt_mean_sd(mean: float, sd: float, digits: int = 2) -> str:

@@ -11,6 +11,7 @@ changes the logits (a repetition penalty, forced or suppressed tokens...) goes t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from safealign_lib import worklog
+from safealign_lib.models import chat as _chat
+from safealign_lib.models import memo
 from safealign_lib.models.chat import ChatExample, check_prompts, encode_prompts, padding_id
 
 # generation-config fields whose non-default values make ``model.generate`` change the logits
@@ -147,6 +150,39 @@ def generate(
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be >= 1.")
     device = next(model.parameters()).device
+    encs = [
+        encode_prompts(tokenizer, prompts[i : i + batch_size], device)
+        for i in range(0, len(prompts), batch_size)
+    ]
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "with_entropy": with_entropy,
+        "device": device.type,
+        "tokenizer": [tokenizer.name_or_path, len(tokenizer)],
+        "generation_config": getattr(getattr(model, "generation_config", None), "to_dict", dict)(),
+    }
+    return memo.remember(
+        "generate",
+        model,
+        encs,
+        settings,
+        _CODE,
+        lambda: _generate(model, tokenizer, encs, max_new_tokens, with_entropy, progress, desc),
+        dump=lambda g: [g.texts, g.entropy],
+        load=lambda v: Generations(*v),
+    )
+
+
+def _generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    encs: Sequence[dict[str, torch.Tensor]],
+    max_new_tokens: int,
+    with_entropy: bool,
+    progress: bool,
+    desc: str,
+) -> Generations:
+    """:func:`generate` on encoded batches, without the cache."""
     was_training = model.training
     model.eval()
     texts: list[str] = []
@@ -154,10 +190,8 @@ def generate(
     eos = tokenizer.eos_token_id
     pad = padding_id(tokenizer)
     lean = plain_greedy(model)
-    batches = range(0, len(prompts), batch_size)
     with worklog.record("generation") as w:
-        for i in tqdm(batches, desc=desc, disable=not progress, leave=False):
-            enc = encode_prompts(tokenizer, prompts[i : i + batch_size], device)
+        for enc in tqdm(encs, desc=desc, disable=not progress, leave=False):
             if lean:
                 new, h = greedy_decode(
                     model,
@@ -216,3 +250,7 @@ def chat(
     """The model's greedy replies to ``prompts`` (plain strings are user turns), without a
     progress bar: for trying a model by hand."""
     return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=False).texts
+
+
+# the code behind a cached answer: this module and the chat encoding it reads
+_CODE = memo.source_digest(sys.modules[__name__], _chat)

@@ -18,7 +18,6 @@ per-answer table, for the test evaluation).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,10 +33,8 @@ from safealign_lib import pool
 from safealign_lib.adapters.finetune import load_adapter
 from safealign_lib.adapters.lora_io import PathLike
 from safealign_lib.adapters.naming import block_and_module
-from safealign_lib.evaluation.criterion import Criterion as OneCriterion
-from safealign_lib.evaluation.criterion import judge_table
+from safealign_lib.evaluation.criterion import Criterion, judge_table
 from safealign_lib.evaluation.reliability import risk_coverage
-from safealign_lib.evaluation.tables import PairedTest, paired_decrease, paired_differences
 from safealign_lib.methods.safelora import LayerProjection, compute_projections, select_modules
 from safealign_lib.methods.splora import (
     AdapterSwitch,
@@ -417,89 +414,19 @@ def regime_table(test: pd.DataFrame, randomk: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([test, randomk]).groupby(["condition", "method"], sort=False)[cols].mean()
 
 
-@dataclass
-class Criterion:
-    """The pre-declared success criterion of a selection at its chosen k (test splits): LoRA's
-    mean harmful rate at least ``min_lora_harmful`` (else void); the selection's harmful rate
-    below LoRA's and below random-k's, each by at least ``n_se`` standard errors of the paired
-    difference (pairs: condition and seed); mean utility and benign answer rate within
-    ``tolerance`` of LoRA's."""
-
-    min_lora_harmful: float
-    n_se: float
-    tolerance: float
-
-    def __str__(self) -> str:
-        return (
-            f"criterion per selection (test, at its chosen k): void (-1) unless LoRA's harmful "
-            f"rate >= {self.min_lora_harmful}; holds (1) if its harmful rate is below LoRA's and "
-            f"below random-k's by >= {self.n_se} SE of the paired difference each, and its "
-            f"utility and benign answer rate are within {self.tolerance} of LoRA's; else 0"
-        )
-
-    def verdicts(
-        self,
-        test: pd.DataFrame,
-        randomk: pd.DataFrame,
-        methods: Sequence[str],
-        paired_test: PairedTest = paired_decrease,
-    ) -> pd.DataFrame:
-        """One row per method of ``test`` (:func:`evaluate_chosen`) and ``randomk``
-        (:func:`random_k`): the evidence (paired mean differences and their SEs) and
-        ``verdict`` (1 holds, 0 fails, -1 void). ``paired_test`` decides the void case and each
-        "lower by n_se standard errors" comparison (notebook 07 passes the learner's own); a
-        comparison also needs a difference strictly below zero, so that a selection that
-        changes nothing (k = 0: zero difference, zero standard error) cannot hold."""
-        runs = pd.concat([test, randomk], ignore_index=True)
-        runs = runs.assign(pool="all", unit=runs.condition + "/" + runs.seed.astype(str))
-        lora_harm = float(test[test.method == "LoRA"].harmful_rate.mean())
-        harm = runs.pivot_table(index="unit", columns="method", values="harmful_rate")
-        metrics = ["harmful_rate", "utility", "benign_answer_rate"]
-        rows = []
-        for m in methods:
-            # random-k is compared on the harmful rate only (the costs are measured against LoRA)
-            lo, ra = (
-                paired_differences(runs, "method", m, ctrl, qs, ("pool",), "unit").set_index(
-                    "metric"
-                )
-                for ctrl, qs in (("LoRA", metrics), (f"random {m}", metrics[:1]))
-            )
-            meth = harm[m].tolist()
-            void = paired_test(harm["LoRA"].tolist(), meth, self.min_lora_harmful, self.n_se) == -1
-            beats = [
-                x.loc["harmful_rate", "mean"] < 0
-                and paired_test(harm[ctrl].tolist(), meth, -math.inf, self.n_se) == 1
-                for ctrl, x in (("LoRA", lo), (f"random {m}", ra))
-            ]
-            keeps = [abs(lo.loc[q, "mean"]) <= self.tolerance for q in metrics[1:]]
-            rows.append(
-                {
-                    "method": m,
-                    "lora_harmful_rate": lora_harm,
-                    "harm_vs_lora": lo.loc["harmful_rate", "mean"],
-                    "se_vs_lora": lo.loc["harmful_rate", "se"],
-                    "harm_vs_randomk": ra.loc["harmful_rate", "mean"],
-                    "se_vs_randomk": ra.loc["harmful_rate", "se"],
-                    "utility_vs_lora": lo.loc["utility", "mean"],
-                    "benign_answer_vs_lora": lo.loc["benign_answer_rate", "mean"],
-                    "verdict": -1 if void else int(all(beats) and all(keeps)),
-                }
-            )
-        return pd.DataFrame(rows).set_index("method")
-
-
 def judge_selections(
     test: pd.DataFrame,
     randomk: pd.DataFrame,
     k_best: Mapping[str, int],
     methods: Sequence[str],
-    criterion: OneCriterion,
+    criterion: Criterion,
     valid: Mapping[str, bool],
 ) -> pd.DataFrame:
     """Each selection's verdict under the course's one criterion
     (:func:`~safealign_lib.evaluation.criterion.judge_table`): paired with LoRA over the
-    (condition, seed) units of the valid testbed conditions, against random modules at the same
-    k, and *not shown* where the chosen k is 0."""
+    (condition, seed) units of the valid conditions (``valid``: condition -> bool; the papers'
+    regime passes True for its own), against random modules at the same k, and *not shown*
+    where the chosen k is 0."""
     return judge_table(test, methods, criterion, valid, randomk=randomk, k=k_best)
 
 
@@ -513,7 +440,8 @@ def regime_metrics(
     """The metric keys of the regime comparison: per method ``m`` (spelled by ``key``) and
     condition ``c``, ``harmful_rate_<m>_<c>`` (mean over seeds) and its ``_sd``,
     ``utility_<m>_<c>``, ``benign_answer_rate_<m>_<c>``; per method other than LoRA
-    ``harmful_rate_randomk_<m>_<c>``, ``k_own_<m>`` and ``verdict_<m>``."""
+    ``harmful_rate_randomk_<m>_<c>``, ``k_own_<m>`` and ``verdict_<m>`` (the code of
+    :func:`judge_selections`'s verdict)."""
     cols = ["harmful_rate", "utility", "benign_answer_rate"]
     out: dict[str, float] = {}
     for (m, c), g in test.groupby(["method", "condition"], sort=False):
@@ -523,7 +451,7 @@ def regime_metrics(
         out[f"harmful_rate_randomk_{key[m.removeprefix('random ')]}_{c}"] = float(
             g.harmful_rate.mean()
         )
-    for m, v in verdicts.verdict.items():
+    for m, v in verdicts.code.items():
         out[f"k_own_{key[m]}"], out[f"verdict_{key[m]}"] = k_best[m], int(v)
     return out
 

@@ -6,8 +6,8 @@ papers' own, which are quoted as the papers (or their secondary sources) report 
 
 The per-seed values behind each verdict are written here too (:func:`salora_inputs` for
 notebook 03, :func:`selection_inputs` for notebook 05), so that the keys notebook 07 reads to
-recompute the verdicts with the learner's ``paired_verdict`` (:func:`recomputed_verdicts`) are
-spelled in one place.
+recompute the verdicts through the one criterion with the learner's ``paired_t``
+(:func:`recomputed_verdicts`) are spelled in one place.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, fields
+from dataclasses import fields
 
 import pandas as pd
 
 from safealign_lib.course import metrics_io
-from safealign_lib.evaluation.tables import PairedTest, fmt_mean_sd
+from safealign_lib.evaluation.criterion import Criterion, PairedT, judge_table
+from safealign_lib.evaluation.tables import fmt_mean_sd
 
 NEEDED = ("01", "02", "03", "05", "06")  # the notebooks whose results this synthesis reads
 PAPER_REGIMES = ("benign_instruct", "mixed")  # the papers' own (instruction-tuning) regimes
@@ -300,14 +301,16 @@ def seed_metrics(
     runs: pd.DataFrame, key: Mapping[str, str], quantities: tuple[str, ...] = SEED_QUANTITIES
 ) -> dict[str, float]:
     """One key per row of ``runs`` (``method``, ``condition``, ``seed``) and quantity, the method
-    spelled by ``key``; a random-k row (method ``"random <m>"``) gives its harmful rate only, as
-    ``harmful_rate_randomk_<key[m]>_<condition>_seed<s>``. A quantity the runs lack (no harm
+    spelled by ``key``; a random-k row (method ``"random <m>"``) gives its harmful rate and
+    utility (what the criterion compares with random modules), as
+    ``<quantity>_randomk_<key[m]>_<condition>_seed<s>``. A quantity the runs lack (no harm
     judge: no harmful rate) or that is NaN there gives no key."""
     out = {}
     for _, r in runs.iterrows():
         method = str(r["method"])
         if method.startswith("random "):
-            names = {"harmful_rate": f"randomk_{key[method.removeprefix('random ')]}"}
+            slug = f"randomk_{key[method.removeprefix('random ')]}"
+            names = dict.fromkeys(("harmful_rate", "utility"), slug)
         else:
             names = dict.fromkeys(quantities, key[method])
         for q, slug in names.items():
@@ -316,34 +319,21 @@ def seed_metrics(
     return out
 
 
-def criterion_metrics(criterion: object) -> dict[str, float]:
-    """A criterion dataclass's numeric settings as ``criterion_<field>`` keys (notebook 07
-    recomputes the verdict with the settings it was reached with)."""
-    return {
-        f"criterion_{k}": float(v)
-        for k, v in asdict(criterion).items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-
-
-def salora_inputs(verdict: int, runs: pd.DataFrame, criterion: object) -> dict[str, float]:
-    """Notebook 03's ``verdict_salora``, the per-seed values of its condition (LoRA and SaLoRA:
-    harmful rate, utility, benign answer rate) and the criterion's settings."""
-    sub = runs[runs.condition == criterion.condition]
-    return {
-        "verdict_salora": int(verdict),
-        **seed_metrics(sub, SALORA_KEYS),
-        **criterion_metrics(criterion),
-    }
+def salora_inputs(verdict: int, runs: pd.DataFrame, condition: str) -> dict[str, float]:
+    """Notebook 03's ``verdict_salora`` and the per-seed values behind it: LoRA's and SaLoRA's
+    harmful rate, utility and benign answer rate on ``condition`` (the paper's regime). The
+    criterion's settings are recorded as ``criterion_one_*``."""
+    sub = runs[runs.condition == condition]
+    return {"verdict_salora": int(verdict), **seed_metrics(sub, SALORA_KEYS)}
 
 
 def selection_inputs(
-    test: pd.DataFrame, randomk: pd.DataFrame, criterion: object, key: Mapping[str, str]
+    test: pd.DataFrame, randomk: pd.DataFrame, key: Mapping[str, str]
 ) -> dict[str, float]:
     """Notebook 05's per-seed values behind its section-7 verdicts: LoRA's and each selection's
-    harmful rate, utility and benign answer rate (``test``), the random-k harmful rates
-    (``randomk``), and the criterion's settings."""
-    return {**seed_metrics(test, key), **seed_metrics(randomk, key), **criterion_metrics(criterion)}
+    harmful rate, utility and benign answer rate (``test``) and the random-k harmful rates and
+    utilities (``randomk``). The criterion's settings are recorded as ``criterion_one_*``."""
+    return {**seed_metrics(test, key), **seed_metrics(randomk, key)}
 
 
 def _seeds(m: Mapping[str, float], method: str, condition: str) -> list[int]:
@@ -382,44 +372,42 @@ def _runs(
     )
 
 
-def _criterion(cls: type, m: Mapping[str, float]) -> object:
-    """``cls`` (a criterion dataclass) with the numeric settings the notebook recorded;
-    ``KeyError`` when a setting without a default was not recorded."""
-    values = {
-        f.name: m[f"criterion_{f.name}"]
-        for f in fields(cls)
-        if f.default is MISSING or f"criterion_{f.name}" in m
-    }
-    return cls(**values)
+def _criterion(m: Mapping[str, float]) -> Criterion:
+    """The one criterion with the settings the notebook recorded (``criterion_one_*``);
+    ``KeyError`` when a run recorded none (from before the course had one criterion)."""
+    return Criterion(**{f.name: m[f"criterion_one_{f.name}"] for f in fields(Criterion)})
 
 
-def _salora_verdict(m: Mapping[str, float], regimes: tuple[str, ...], fn: PairedTest) -> int:
-    """Notebook 03's criterion (``salora_study.Criterion``) with ``fn`` as the paired test."""
-    from safealign_lib.studies.salora_study import Criterion  # torch: only when recomputing
-
+def _salora_verdict(m: Mapping[str, float], regimes: tuple[str, ...], fn: PairedT) -> int:
+    """Notebook 03's paper-regime verdict, recomputed through the one criterion with ``fn`` as
+    its paired test."""
     runs = _runs(m, _units(m, regimes), SALORA_KEYS)
-    return _criterion(Criterion, m).verdict(runs, paired_test=fn, verbose=False)
+    valid = dict.fromkeys(runs.condition.unique(), True)
+    return int(judge_table(runs, ["SaLoRA"], _criterion(m), valid, paired=fn).code.iloc[0])
 
 
 def _selection_verdict(
-    m: Mapping[str, float], regimes: tuple[str, ...], slug: str, fn: PairedTest
+    m: Mapping[str, float], regimes: tuple[str, ...], slug: str, fn: PairedT
 ) -> int:
-    """Notebook 05's criterion (``repair.Criterion``) with ``fn`` as the paired test, on the
-    units (regime, seed) of the papers' regimes pooled."""
-    from safealign_lib.studies.repair import Criterion  # torch: only when recomputing
-
+    """Notebook 05's paper-regime verdict of one selection, recomputed through the one
+    criterion with ``fn`` as its paired test, on the units (regime, seed) of the papers'
+    regimes pooled, against random modules at the recorded k."""
     units = _units(m, regimes)
     test = _runs(m, units, {"LoRA": "lora", slug: slug})
-    randomk = _runs(m, units, {f"random {slug}": f"randomk_{slug}"}, ("harmful_rate",))
-    verdicts = _criterion(Criterion, m).verdicts(test, randomk, [slug], paired_test=fn)
-    return int(verdicts.verdict.iloc[0])
+    randomk = _runs(m, units, {f"random {slug}": f"randomk_{slug}"}, ("harmful_rate", "utility"))
+    randomk["benign_answer_rate"] = math.nan  # the criterion compares random modules on two
+    valid = dict.fromkeys(test.condition.unique(), True)
+    k = {slug: int(m[f"k_own_{slug}"])}
+    table = judge_table(test, [slug], _criterion(m), valid, randomk=randomk, k=k, paired=fn)
+    return int(table.code.iloc[0])
 
 
-def recomputed_verdicts(metrics: Mapping[str, Mapping[str, float]], fn: PairedTest) -> pd.DataFrame:
-    """Every verdict notebooks 03 and 05 recorded, beside the same criterion recomputed from the
-    recorded per-seed values and criterion settings with ``fn`` (the exercise's
-    ``paired_verdict``) as the paired test. ``agree`` is False where they differ; a verdict whose
-    per-seed values were not recorded (a run from before they were) shows "—"."""
+def recomputed_verdicts(metrics: Mapping[str, Mapping[str, float]], fn: PairedT) -> pd.DataFrame:
+    """Every paper-regime verdict notebooks 03 and 05 recorded, beside the same verdict
+    recomputed through the one criterion (:mod:`safealign_lib.evaluation.criterion`) from the
+    recorded per-seed values and settings, with ``fn`` (the exercise's ``paired_t``) as its
+    paired test. ``agree`` is False where they differ; a verdict whose per-seed values were not
+    recorded (a run from before they were) shows "—"."""
     rows = []
     for method, (nb, slug, regimes) in METHODS.items():
         m = metrics.get(nb, {})
@@ -491,26 +479,6 @@ def why_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).set_index("model").round(4)
-
-
-def reading(metrics: Mapping[str, Mapping[str, float]]) -> str:
-    """One line per method in its paper's regime(s), written from this run's numbers."""
-    lines = []
-    for method, (nb, slug, regimes) in METHODS.items():
-        for c in (r for r in regimes if r in PAPER_REGIMES):
-            lora, meth = (
-                _get(metrics, nb, f"harmful_rate_lora_{c}"),
-                _get(metrics, nb, f"harmful_rate_{slug}_{c}"),
-            )
-            if math.isnan(lora) or math.isnan(meth):
-                continue
-            rand = _get(metrics, nb, f"harmful_rate_randomk_{slug}_{c}")
-            vs_rand = "" if math.isnan(rand) else f", random modules of the same number {rand:.3f}"
-            lines.append(
-                f"- {method} on {c}: harmful rate {meth:.3f} against LoRA's {lora:.3f}{vs_rand}; "
-                f"verdict: {_verdict(metrics, nb, slug)}."
-            )
-    return "\n".join(lines)
 
 
 # --- the README's results block, generated from a recorded run (never typed) -------------------

@@ -141,7 +141,9 @@ def _course_prepare(args: argparse.Namespace) -> int:
 
 def _course_times(args: argparse.Namespace) -> int:
     """Write the notebooks' Time lines and the README's course map from two runs' metrics."""
-    changed = times.write_times(args.cold, args.cached, runner.NOTEBOOK_DIR, args.readme)
+    changed = times.write_times(
+        args.cold, args.cached, runner.NOTEBOOK_DIR, args.readme, args.executed
+    )
     print("rewrote: " + (", ".join(changed) if changed else "nothing (already up to date)"))
     return 0
 
@@ -286,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     ct.add_argument("--cold", required=True, help="metrics.json of a run from an empty build/")
     ct.add_argument("--cached", required=True, help="metrics.json of a second run on it")
     ct.add_argument("--readme", default="README.md", help="its course map (default README.md)")
+    ct.add_argument(
+        "--executed", help="the cold run's executed/ folder: the reading minutes measured on it"
+    )
     ct.set_defaults(fn=_course_times)
     cg = course_sub.add_parser("regress", help="compare metrics with a baseline")
     cg.add_argument("--baseline", required=True, help="e.g. baselines/smoke.json")

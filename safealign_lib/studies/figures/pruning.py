@@ -11,7 +11,6 @@ from matplotlib.figure import Figure
 
 from safealign_lib.course.plots import annotated_heatmap
 from safealign_lib.evaluation.tables import seed_table
-from safealign_lib.studies import repair
 from safealign_lib.studies.repair import block_module_grid
 
 COLORS = {
@@ -183,67 +182,3 @@ def paper_table(
     ]
     columns = ["quantity", "paper", "miniature (test, mean over seeds)"]
     return pd.DataFrame(rows, columns=columns).set_index("quantity")
-
-
-def tradeoff_report(
-    tradeoff: pd.DataFrame,
-    test_means: pd.DataFrame,
-    k_best: Mapping[str, int],
-    methods: Sequence[str] = ("Safe LoRA", "SPLoRA"),
-) -> str:
-    """What each method's chosen k changes on test relative to LoRA, and how often Safe LoRA
-    gains more refusal / loses less utility than SPLoRA at the same k on validation
-    (``tradeoff``: :func:`~safealign_lib.studies.repair.tradeoff`)."""
-    lines = []
-    for c in tradeoff.index.get_level_values("condition").unique():
-        lora = test_means.loc[(c, "LoRA")]
-        for m in methods:
-            d = test_means.loc[(c, m)] - lora
-            lines.append(
-                f"test, {c}: {m} at k={k_best[m]} changes refusal by {d.refusal_rate:+.2f} "
-                f"and utility by {d.utility:+.2f} relative to LoRA"
-            )
-    more = int(
-        (tradeoff[("Safe LoRA", "refusal gained")] > tradeoff[("SPLoRA", "refusal gained")]).sum()
-    )
-    less = int(
-        (tradeoff[("Safe LoRA", "utility lost")] < tradeoff[("SPLoRA", "utility lost")]).sum()
-    )
-    lines.append(
-        f"validation, same k: Safe LoRA gains more refusal than SPLoRA in {more} of "
-        f"{len(tradeoff)} (condition, k) cells and loses less utility in {less} of {len(tradeoff)}"
-    )
-    return "\n".join(lines)
-
-
-def regime_report(
-    verdicts: pd.DataFrame, k_best: Mapping[str, int], scores: pd.DataFrame, tolerance: float
-) -> str:
-    """Section 7's questions answered from this run: per selection, the k chosen on
-    validation, how many modules it acts on (from one adapter's ``scores``), its test harmful
-    rate against LoRA's and random modules', the costs, and which part of the criterion
-    (:meth:`~safealign_lib.studies.repair.Criterion.verdicts`) decided the verdict."""
-    n = len(scores)
-    lines = []
-    for m, v in verdicts.iterrows():
-        k = k_best[m]
-        lora = v.lora_harmful_rate
-        if k == 0:
-            lines.append(
-                f"- {m}: no k > 0 lowered the validation harmful rate within the utility "
-                f"tolerance, so k = 0 was chosen and the adapter is LoRA's (harmful rate, mean "
-                f"over the conditions and seeds: {lora:.3f}); verdict {int(v.verdict)}."
-            )
-            continue
-        acted = len(repair.pick(scores, m, k))
-        action = "projected" if repair.ACTION[m] == "Safe LoRA" else "pruned"
-        lines.append(
-            f"- {m} at k = {k} ({acted} of {n} modules {action}): harmful rate "
-            f"{lora + v.harm_vs_lora:.3f} against LoRA's {lora:.3f} (paired difference "
-            f"{v.harm_vs_lora:+.3f}, SE {v.se_vs_lora:.3f}) and against random modules' "
-            f"{lora + v.harm_vs_lora - v.harm_vs_randomk:.3f} (difference "
-            f"{v.harm_vs_randomk:+.3f}, SE {v.se_vs_randomk:.3f}); utility "
-            f"{v.utility_vs_lora:+.3f} and benign answers {v.benign_answer_vs_lora:+.3f} against "
-            f"LoRA (tolerance {tolerance}); verdict {int(v.verdict)}."
-        )
-    return "\n".join(lines)
