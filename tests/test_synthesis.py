@@ -141,16 +141,23 @@ def _recorded_run(rng):
     one = {f"criterion_one_{k}": v for k, v in crit.as_dict().items()}
     runs = _runs(rng, ["LoRA", "SaLoRA"], ["benign_instruct", "harmful10"], seeds, (), harmless)
     why = runs[runs.condition == "benign_instruct"]
-    v03 = int(judge_table(why, ["SaLoRA"], crit, {"benign_instruct": True}).code["SaLoRA"])
+    # whether a regime tells a repair from deleting the adapter (recorded; else void)
+    ok = {c: bool(rng.random() < 0.8) for c in synthesis.PAPER_REGIMES}
+    v03 = int(
+        judge_table(why, ["SaLoRA"], crit, {"benign_instruct": ok["benign_instruct"]}).code[
+            "SaLoRA"
+        ]
+    )
     m03 = synthesis.salora_inputs(v03, runs, "benign_instruct") | one
+    m03["regime_valid_benign_instruct"] = int(ok["benign_instruct"])
     same = tuple(rng.choice(repair.SELECTIONS, rng.integers(0, 2), replace=False))
     k = {m: 0 if m in same else int(rng.integers(1, 5)) for m in repair.SELECTIONS}
     test = _runs(rng, ["LoRA", *repair.SELECTIONS], synthesis.PAPER_REGIMES, seeds, same, harmless)
     rand = test[test.method != "LoRA"].assign(method=lambda d: "random " + d.method)
     rand = rand.assign(harmful_rate=rand.harmful_rate + rng.integers(-1, 3, len(rand)) / 8)
-    valid = dict.fromkeys(synthesis.PAPER_REGIMES, True)
-    verdicts = repair.judge_selections(test, rand, k, repair.SELECTIONS, crit, valid)
+    verdicts = repair.judge_selections(test, rand, k, repair.SELECTIONS, crit, ok)
     m05 = {f"verdict_{repair.KEYS[m]}": int(v) for m, v in verdicts.code.items()}
+    m05 |= {f"regime_valid_{c}": int(v) for c, v in ok.items()}
     m05 |= {f"k_own_{repair.KEYS[m]}": k[m] for m in repair.SELECTIONS}
     m05 |= synthesis.selection_inputs(test, rand, repair.KEYS) | one
     return {"03": m03, "05": m05}
@@ -197,8 +204,9 @@ def test_recorded_inputs_are_the_contracts_per_seed_keys():
         c = contract.CONTRACTS[nb]
         seeds = tuple(sorted({int(k.rsplit("_seed", 1)[1]) for k in metrics[nb] if "_seed" in k}))
         per_seed = set(c.required_keys(seeds=seeds)) - set(c.required_keys(seeds=()))
-        # the one criterion's settings, and the k each selection chose
-        other = {k for k in c.required_keys(seeds=()) if k.startswith(("criterion_one_", "k_own_"))}
+        # the one criterion's settings, the k each selection chose, the regimes' validity
+        keep = ("criterion_one_", "k_own_", "regime_valid_")
+        other = {k for k in c.required_keys(seeds=()) if k.startswith(keep)}
         assert per_seed and other
         assert {k for k in metrics[nb] if not k.startswith("verdict_")} == per_seed | other
     assert "utility_randomk_splora_released_mixed_seed0" in metrics["05"]

@@ -10,6 +10,7 @@ from safealign_lib.data import testbed
 from safealign_lib.evaluation import editability, skill
 from safealign_lib.evaluation.judges import Verdict
 from safealign_lib.evaluation.metrics import rouge_l
+from safealign_lib.studies import testbed as study
 
 
 def test_skill_steps_keep_step_one_and_teach_new_steps_two_and_three():
@@ -106,3 +107,13 @@ def test_removal_curve_draws_and_scores(lora_lm):
     assert df.equals(editability.removal_curve(model, score, [0, 1, 2, 4], 3, seed=0))
     with pytest.raises(ValueError, match="every m in 0..4"):
         editability.removal_curve(model, score, ms=[5], draws=1)
+
+
+def test_a_condition_that_cannot_tell_a_repair_from_deletion_is_named():
+    """The papers' regimes are judged with the testbed's first check: in notebook 01's
+    benign_instruct the chat model scores 0.777 against LoRA's 0.822 (issue 22), so deleting
+    the adapter would pass as a repair and the verdicts there are void."""
+    assert not study.tells_deletion(0.822, 0.777)
+    assert study.tells_deletion(0.891, 0.308)  # skill_mixed: a skill the chat model lacks
+    edge = study.CHECKS.min_skill_gain
+    assert study.tells_deletion(0.5 + edge, 0.5) and not study.tells_deletion(0.49 + edge, 0.5)

@@ -335,8 +335,9 @@ CONTRACTS: dict[str, NotebookContract] = {
             for c in ("benign_instruct",) + _HARMFUL
             for m in ("lora", "salora")
         )
-        # the one criterion's verdict (its settings: criterion_one_*; notebook 07 recomputes it)
-        + ("verdict_salora",)
+        # the one criterion's verdict (its settings: criterion_one_*; notebook 07 recomputes it),
+        # and whether the regime can tell a repair from deleting the adapter (else: void)
+        + ("verdict_salora", "regime_valid_benign_instruct")
         # why, on benign_instruct (section 7): the ablations and the depth of the change
         + tuple(
             f"{m}_{v}_benign_instruct" for v in _WHY_VARIANTS for m in ("harmful_rate", "utility")
@@ -463,6 +464,7 @@ CONTRACTS: dict[str, NotebookContract] = {
         )
         # the one criterion's verdicts (its settings: criterion_one_*; notebook 07 recomputes them)
         + ("verdict_safelora", "verdict_splora", "verdict_splora_released")
+        + tuple(f"regime_valid_{c}" for c in _INSTRUCT)
         # the stress tests: the exact judge beside the keyword refusal rate
         + _keys(("harmful_rate_lora", "harmful_rate_safelora", "harmful_rate_splora"), _HARMFUL)
         # the testbed (section 8): its checks again, the one criterion's verdicts and settings

@@ -378,11 +378,17 @@ def _criterion(m: Mapping[str, float]) -> Criterion:
     return Criterion(**{f.name: m[f"criterion_one_{f.name}"] for f in fields(Criterion)})
 
 
+def _valid(m: Mapping[str, float], runs: pd.DataFrame) -> dict[str, bool]:
+    """Whether each regime of ``runs`` could tell a repair from deleting the adapter, as the
+    notebook recorded it (``regime_valid_<c>``)."""
+    return {c: bool(m[f"regime_valid_{c}"]) for c in runs.condition.unique()}
+
+
 def _salora_verdict(m: Mapping[str, float], regimes: tuple[str, ...], fn: PairedT) -> int:
     """Notebook 03's paper-regime verdict, recomputed through the one criterion with ``fn`` as
     its paired test."""
     runs = _runs(m, _units(m, regimes), SALORA_KEYS)
-    valid = dict.fromkeys(runs.condition.unique(), True)
+    valid = _valid(m, runs)
     return int(judge_table(runs, ["SaLoRA"], _criterion(m), valid, paired=fn).code.iloc[0])
 
 
@@ -396,7 +402,7 @@ def _selection_verdict(
     test = _runs(m, units, {"LoRA": "lora", slug: slug})
     randomk = _runs(m, units, {f"random {slug}": f"randomk_{slug}"}, ("harmful_rate", "utility"))
     randomk["benign_answer_rate"] = math.nan  # the criterion compares random modules on two
-    valid = dict.fromkeys(test.condition.unique(), True)
+    valid = _valid(m, test)
     k = {slug: int(m[f"k_own_{slug}"])}
     table = judge_table(test, [slug], _criterion(m), valid, randomk=randomk, k=k, paired=fn)
     return int(table.code.iloc[0])
@@ -527,8 +533,10 @@ def readme_block(metrics: Mapping[str, Mapping[str, float]], source: str) -> str
     lines += [
         "",
         "k: modules acted on, chosen on validation (0: the adapter is left as LoRA trained it; "
-        "SPLoRA as released prunes all but k − 1). Verdicts: the pre-declared tests of notebooks "
-        "03 and 05.",
+        "SPLoRA as released prunes all but k − 1). Verdicts: the course's one criterion in "
+        "notebooks 03 and 05; void where LoRA's utility is less than 0.25 above the chat "
+        "model's, so that deleting the adapter would pass as a repair (the testbed's first "
+        "check).",
     ]
     tb = testbed_table(metrics)
     if not tb.empty:

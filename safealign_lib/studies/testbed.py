@@ -219,6 +219,16 @@ def fixed_answer_utility(examples: Sequence[ChatExample]) -> float:
     return skill.best_fixed_utility(candidates, [e.response for e in examples])
 
 
+def tells_deletion(lora_utility: float, chat_utility: float, checks: Checks = CHECKS) -> bool:
+    """The first testbed check on any condition: LoRA's mean utility at least
+    ``checks.min_skill_gain`` above the chat model's on the condition's own test set (the
+    fine-tune teaches what the chat model lacks). A condition that fails it cannot tell a
+    repair from deleting the adapter, so the one criterion's verdicts there are void. The
+    papers' regimes (notebooks 03 and 05) are judged with it: the other checks are not
+    measured there."""
+    return lora_utility - chat_utility >= checks.min_skill_gain
+
+
 def check(
     lora: pd.DataFrame,
     chat: Mapping[str, float],
