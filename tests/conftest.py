@@ -86,7 +86,10 @@ def lora_lm(tiny_lm):
 def _no_answer_cache(monkeypatch):
     """Every test computes what it checks: no answer cache unless the test turns one on. (A
     notebook's setup run in this process sets the variable; the monkeypatch undoes it.)"""
-    monkeypatch.delenv(ANSWER_CACHE_ENV, raising=False)
+    # set first so that the monkeypatch records the variable and restores it after the test
+    # (delenv of an absent variable records nothing, and a setup inside the test would leak)
+    monkeypatch.setenv(ANSWER_CACHE_ENV, "")
+    monkeypatch.delenv(ANSWER_CACHE_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +110,7 @@ def smoke_run(tmp_path_factory, smoke_build):
     records = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAFEALIGN_BUILD", str(smoke_build))  # the kernels and their pool workers
+        mp.setenv(ANSWER_CACHE_ENV, str(smoke_build / "answers"))  # what notebooks set, pinned
         for nb in runner.list_notebooks():
             records[nb.name[:2]] = runner.run_notebook(
                 nb, {"profile": "smoke", "metrics_file": str(mfile)}, out, 900

@@ -12,6 +12,7 @@ import textwrap
 import pandas as pd
 import pytest
 
+from safealign_lib.config import ANSWER_CACHE_ENV
 from safealign_lib.course import metrics_io
 from safealign_lib.tooling import cli, regress, runner
 
@@ -257,6 +258,7 @@ def test_a_planted_learning_rate_change_fails_the_smoke_regression(
     stamps = sorted((build / "adapters" / "smoke").glob("*/seed*/safealign_run.json"))
     before = {p: p.read_text() for p in stamps}
     monkeypatch.setenv("SAFEALIGN_BUILD", str(build))
+    monkeypatch.setenv(ANSWER_CACHE_ENV, str(build / "answers"))
     mfile = tmp_path / "metrics.json"
     nb = runner.list_notebooks(["01"])[0]
     runner.run_notebook(nb, {"profile": "smoke", "metrics_file": str(mfile)}, tmp_path, 900)
@@ -281,6 +283,7 @@ def test_notebook_04_agrees_with_one_worker(tmp_path, monkeypatch, smoke_run, sm
     build = tmp_path / "build"
     shutil.copytree(smoke_build / "adapters", build / "adapters")
     monkeypatch.setenv("SAFEALIGN_BUILD", str(build))
+    monkeypatch.setenv(ANSWER_CACHE_ENV, str(build / "answers"))
     monkeypatch.setenv("SAFEALIGN_WORKERS", "1")
     mfile = tmp_path / "metrics.json"
     nb = runner.list_notebooks(["04"])[0]

@@ -96,7 +96,7 @@ def test_removed_table_and_own_C(tiny_lm, capsys):
     assert worst < 1e-3
 
 
-def test_results_table_and_headline(capsys):
+def test_results_table(capsys):
     runs = _runs()
     table, mean = salora_study.results_table(runs, SCORES)
     assert table.loc[("harmful10", "SaLoRA"), "utility"] == "0.70 ± 0.00"
@@ -104,12 +104,6 @@ def test_results_table_and_headline(capsys):
     assert mean.loc[("harmful10", "LoRA"), "refusal_rate"] == pytest.approx(0.1)
     out = capsys.readouterr().out
     assert "harmful10: SaLoRA − LoRA (paired by seed): refusal_rate 0.200 ± 0.000" in out
-    salora_study.headline(runs, "harmful10")
-    out = capsys.readouterr().out
-    assert "0.10 vs 0.30" in out and "-> reproduced" in out
-    runs.loc[runs.method == "SaLoRA", "refusal_rate"] -= 0.15
-    salora_study.headline(runs, "harmful10")
-    assert "-> NOT reproduced" in capsys.readouterr().out
 
 
 def test_final_losses_and_paper_table():

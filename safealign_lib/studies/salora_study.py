@@ -861,32 +861,6 @@ def paper_table(
     return pd.DataFrame(rows, columns=columns)
 
 
-def headline(runs: pd.DataFrame, condition: str = "harmful10") -> None:
-    """Print this run's LoRA and SaLoRA means on ``condition``, the SaLoRA − LoRA differences
-    paired by seed, and whether the paper's headline (SaLoRA keeps clearly more refusals than
-    LoRA: a gain above 0.1 and above two standard errors) is reproduced."""
-    mean = seed_stats(runs, BY, METRICS).xs("mean", axis=1, level=1).loc[condition]
-    diffs = paired_differences(runs, "method", "SaLoRA", "LoRA", METRICS)
-    diffs = diffs[diffs.condition == condition].set_index("metric")
-    print(f"{condition}, mean over seeds: LoRA vs SaLoRA (SaLoRA − LoRA paired by seed)")
-    for m in METRICS:
-        d = diffs.loc[m]
-        print(
-            f"  {m:25s} {mean.loc['LoRA', m]:.2f} vs {mean.loc['SaLoRA', m]:.2f} "
-            f"({fmt_mean_sd(d['mean'], d.sd)})"
-        )
-    gain = diffs.loc["refusal_rate"]
-    verdict = (
-        "reproduced: SaLoRA keeps clearly more refusals than LoRA"
-        if gain["mean"] > 2 * gain.se and gain["mean"] > 0.1
-        else "NOT reproduced: SaLoRA's refusal rate is not clearly above LoRA's"
-    )
-    print(
-        f"{condition}, SaLoRA − LoRA refusal rate: {gain['mean']:+.3f} (standard error "
-        f"{gain.se:.3f}, {int(gain.n)} seeds) -> {verdict}"
-    )
-
-
 # --- SaLoRA on the testbed (section 4b): the one criterion, every verdict seed -------------------
 
 # SaLoRA as its paper builds it, and without the task-specific initialisation (peft's A random,
