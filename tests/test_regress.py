@@ -221,6 +221,8 @@ def test_a_judge_that_never_refuses_fails_the_smoke_regression(tmp_path, monkeyp
         judges.KeywordJudge.__call__ = lambda self, prompts, responses: [False] * len(responses)
         """,
     )
+    monkeypatch.setenv("SAFEALIGN_BUILD", str(tmp_path / "build"))  # never a developer's build/
+    monkeypatch.setenv(ANSWER_CACHE_ENV, str(tmp_path / "build" / "answers"))
     mfile = tmp_path / "metrics.json"
     nb = runner.list_notebooks(["00"])[0]
     runner.run_notebook(nb, {"profile": "smoke", "metrics_file": str(mfile)}, tmp_path, 600)
