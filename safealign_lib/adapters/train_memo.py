@@ -49,8 +49,8 @@ def objective_key(loss_fn: Callable | None) -> object | None:
         value = cell.cell_contents
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             cells.append(repr(value))
-        elif memo._simple(value) is not None or value is None:
-            cells.append(memo._simple(value))
+        elif memo.plain(value) is not None or value is None:
+            cells.append(memo.plain(value))
         else:
             return None
     module = inspect.getmodule(loss_fn)
@@ -78,7 +78,7 @@ def _spec(
         "model": digest,
         "trainable": [n for n, p in model.named_parameters() if p.requires_grad],
         "data": memo.tensors_digest(feats),
-        "settings": memo._simple(given),
+        "settings": memo.plain(given),
         "objective": objective,
         "code": memo.source_digest(finetune, chat),
     }

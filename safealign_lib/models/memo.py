@@ -57,19 +57,19 @@ def disabled() -> Iterator[None]:
             os.environ[ENV] = saved
 
 
-def _simple(value: object) -> object | None:
+def plain(value: object) -> object | None:
     """``value`` when it is made only of None, bools, numbers and strings (in lists, tuples,
     sets and string-keyed dicts), else None (not part of the key: tensors, modules, callables)."""
     if isinstance(value, _SIMPLE):
         return value
     if isinstance(value, (list, tuple)):
-        items = [_simple(v) for v in value]
+        items = [plain(v) for v in value]
         ok = all(i is not None or v is None for i, v in zip(items, value, strict=True))
         return items if ok else None
     if isinstance(value, (set, frozenset)) and all(isinstance(v, str) for v in value):
         return sorted(value)
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-        items = {k: _simple(v) for k, v in value.items()}
+        items = {k: plain(v) for k, v in value.items()}
         ok = all(items[k] is not None or value[k] is None for k in value)
         return dict(sorted(items.items())) if ok else None
     return None
@@ -99,8 +99,8 @@ def model_digest(model: torch.nn.Module) -> str | None:
     own: set[type] = set()
     for name, mod in model.named_modules():
         cls = type(mod)
-        attrs = {k: v for k, v in vars(mod).items() if _simple(v) is not None}
-        h.update(f"{name}|{cls.__module__}.{cls.__qualname__}|{_simple(attrs)}\n".encode())
+        attrs = {k: v for k, v in vars(mod).items() if plain(v) is not None}
+        h.update(f"{name}|{cls.__module__}.{cls.__qualname__}|{plain(attrs)}\n".encode())
         if cls.__module__.startswith("safealign_lib"):
             own.add(cls)
     for cls in sorted(own, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
@@ -191,7 +191,7 @@ def remember(
     spec = {
         "model": digest,
         "inputs": tensors_digest(batches),
-        "settings": _simple(dict(settings)),
+        "settings": plain(dict(settings)),
         "code": code,
     }
     path = entry_path(kind, spec).with_suffix(".json")
